@@ -1,0 +1,53 @@
+"""Every pluggy hook foundry calls, in one file.
+
+A plugin is a module (or object) with functions decorated by ``foundry.hookimpl`` whose names
+match the specs below. It is found through the ``foundry`` entry-point group, the route the
+built-in modalities take too (see ``pyproject.toml``).
+
+Contribution hooks receive a ``register`` callback instead of returning values (the style of
+simonw/llm): a plugin may register any number of things, and the registry that receives them
+checks names and reports duplicates with both packages named.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("foundry")
+hookimpl = pluggy.HookimplMarker("foundry")
+
+
+@hookspec
+def register_modalities(register):
+    """Called once when the plugin manager starts.
+
+    ``register(modality)`` takes a ``foundry.modality.Modality``: its name becomes a CLI group
+    (``foundry NAME …``) and a value of ``modality`` in run configs.
+    """
+
+
+@hookspec
+def register_tokenizers(register):
+    """Called once when the plugin manager starts.
+
+    ``register(kind, cls)`` maps a tokenizer kind (the string stored in checkpoints) to a class
+    implementing ``foundry.tokenizer.Tokenizer``; ``cls.load(directory)`` must restore it.
+    """
+
+
+@hookspec
+def register_readers(register):
+    """Called once when the plugin manager starts.
+
+    ``register(reader)`` takes a ``foundry.readers.Reader``: a name, the file suffixes it reads
+    and a function ``path -> Iterator[Document]``.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Called when the CLI is built, with the root ``click.Group``.
+
+    Add command groups or commands with ``cli.add_command(...)``. A modality usually adds one
+    group named after itself, built with ``foundry.cli_common.modality_group``.
+    """

@@ -1,0 +1,37 @@
+"""What a modality plugin declares about itself.
+
+The engine reads this to run ``foundry NAME pretrain`` without knowing anything about the
+domain: which objective, which presets, which default corpus, how to build the tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+from .readers import Document
+from .tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    description: str
+    #: "mlm" (masked, BERT/ESM) or "clm" (causal, GPT/Llama)
+    objective: Literal["mlm", "clm"]
+    #: model presets this modality offers (names in ``foundry.model.presets``); first is default
+    presets: tuple[str, ...]
+    #: reader names (``foundry.readers``) that turn this modality's files into documents
+    readers: tuple[str, ...]
+    #: ``build_tokenizer(documents, settings)`` returns the tokenizer for a new run. Fixed
+    #: vocabularies ignore the documents; learned ones (BPE) train on them.
+    build_tokenizer: Callable[[Iterable[Document], dict[str, Any]], Tokenizer]
+    #: default corpus when ``--data`` is not given (bundled real data)
+    default_data: Callable[[], list[Path]]
+    #: run-config overrides applied before the user's (e.g. a shorter ``max_len`` for text)
+    config_defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def default_preset(self) -> str:
+        return self.presets[0]
