@@ -1,0 +1,119 @@
+"""Commands every modality shares, bundled into the modality's ``click`` group.
+
+A modality plugin calls ``modality_group(name)`` in its ``register_commands`` hook and may add its
+own commands to the returned group (``foundry protein import``, ``foundry text train-tokenizer``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .config import build_config, load_yaml
+from .errors import FoundryError
+
+
+def modality_group(name: str, help_text: str | None = None) -> click.Group:
+    @click.group(name=name, help=help_text or f"Pretrain and use {name} models.")
+    def group() -> None:
+        pass
+
+    group.add_command(_pretrain_command(name))
+    group.add_command(_presets_command(name))
+    group.add_command(_prepare_command(name))
+    return group
+
+
+def _pretrain_command(modality_name: str) -> click.Command:
+    @click.command(name="pretrain")
+    @click.option("--data", "data", multiple=True, type=click.Path(path_type=Path), help="File, folder or prepared dataset (repeatable). Default: the bundled corpus.")
+    @click.option("--out", type=click.Path(path_type=Path), help=f"Run directory (default runs/{modality_name}).")
+    @click.option("--model", "preset", help=f"Model preset (see `foundry {modality_name} presets`).")
+    @click.option("--from", "init_from", type=click.Path(path_type=Path), help="Start from this model dir (continued pretraining).")
+    @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML run config.")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set train.lr=1e-3 (repeatable).")
+    @click.option("--max-steps", type=int, help="Optimizer steps to train.")
+    @click.option("--save-every", type=int, help="Checkpoint every N steps.")
+    @click.option("--seed", type=int, help="Random seed (data order, masking, init).")
+    @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this directory from its latest checkpoint.")
+    @click.option("--quiet", is_flag=True, help="No progress bar.")
+    def pretrain(data, out, preset, init_from, config_file, overrides, max_steps, save_every, seed, resume, quiet):
+        """Pretrain a model with the modality's self-supervised objective."""
+        from .plugins import get_manager
+        from .pretrain import pretrain as run_pretrain
+
+        modality = get_manager().modality(modality_name)
+        flags = {
+            "data.paths": [str(p) for p in data] if data else None,
+            "out": str(out) if out else None,
+            "model.preset": preset,
+            "model.init_from": str(init_from) if init_from else None,
+            "train.max_steps": max_steps,
+            "train.save_every": save_every,
+            "train.seed": seed,
+            "train.progress": False if quiet else None,
+        }
+        flags = {k: v for k, v in flags.items() if v is not None}
+        if resume:
+            changed = [f for f in ("data.paths", "model.preset", "model.init_from", "out") if f in flags]
+            if changed:
+                raise FoundryError(f"--resume continues the run as configured; {', '.join(changed)} cannot change (use --set for training keys)")
+            config_path = Path(resume) / "config.yaml"
+            if not config_path.is_file():
+                raise FoundryError(f"{resume}: not a foundry run (no config.yaml)")
+            base = load_yaml(config_path)
+            if config_file:
+                raise FoundryError("--resume uses the run's own config.yaml; pass changes with --set")
+            cfg = build_config(base=base, overrides=overrides, dotted={k: v for k, v in flags.items()})
+        else:
+            base = {"modality": modality_name, "out": f"runs/{modality_name}"}
+            cfg = build_config(base=base, dotted={**modality.config_defaults}, yaml_file=config_file, overrides=overrides)
+            cfg = build_config(base=cfg.to_dict(), dotted=flags)
+        if cfg.modality != modality_name:
+            raise FoundryError(f"this is `foundry {modality_name} pretrain` but the config says modality: {cfg.modality}")
+        summary = run_pretrain(cfg, resume=resume)
+        click.echo(
+            f"final val_loss {summary['val_loss']:.4f} (perplexity {summary['val_perplexity']:.2f}) "
+            f"vs unigram baseline {summary['baseline_loss']:.4f} after {summary['step']} steps, "
+            f"{summary['tokens']:,} tokens"
+        )
+        click.echo(f"model: {summary['final_model']}")
+
+    return pretrain
+
+
+def _presets_command(modality_name: str) -> click.Command:
+    @click.command(name="presets")
+    def presets():
+        """List the model presets of this modality."""
+        from .model.presets import PRESETS
+        from .plugins import get_manager
+
+        modality = get_manager().modality(modality_name)
+        for name in modality.presets:
+            p = PRESETS[name]
+            layers, width, heads = p.get("n_layer"), p.get("d_model"), p.get("n_head")
+            default = "  (default)" if name == modality.default_preset else ""
+            click.echo(f"{name:16s} layers={layers} d_model={width} heads={heads}  {p.get('source', '')}{default}")
+
+    return presets
+
+
+def _prepare_command(modality_name: str) -> click.Command:
+    @click.command(name="prepare")
+    @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+    @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output dataset directory.")
+    @click.option("--workers", default=1, show_default=True, help="Tokenizer processes.")
+    @click.option("--valid-fraction", default=0.01, show_default=True, help="Share of records held out (by hash of record id).")
+    @click.option("--tokenizer", "tokenizer_path", type=click.Path(path_type=Path), help="Existing tokenizer or model dir (default: the modality builds one).")
+    @click.option("--vocab-size", default=None, type=int, help="For learned vocabularies (BPE).")
+    @click.option("--overwrite", is_flag=True, help="Replace a complete dataset at --out (kept until the new one is complete).")
+    def prepare(inputs, out, workers, valid_fraction, tokenizer_path, vocab_size, overwrite):
+        """Tokenize a corpus once into memory-mapped shards for `pretrain --data`."""
+        from .prepare_cli import run_prepare
+
+        run_prepare(modality_name, list(inputs), out, workers=workers, valid_fraction=valid_fraction,
+                    tokenizer_path=tokenizer_path, vocab_size=vocab_size, overwrite=overwrite)
+
+    return prepare

@@ -1,0 +1,237 @@
+"""Typed run configs: defaults < modality defaults < YAML file < ``--set key=value`` overrides.
+
+Every key is declared in a dataclass below, so a typo or a wrong type fails before anything runs,
+with a message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelSection:
+    preset: str = ""  # a name from `foundry <modality> presets`; empty = the modality's default
+    init_from: str | None = None  # a model dir (import/export/finetune output) to continue from
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {n_layer: 2}
+
+
+@dataclass
+class TokenizerSection:
+    path: str | None = None  # an existing tokenizer dir; None = the modality builds one
+    vocab_size: int = 4096  # for learned vocabularies (BPE) trained at the start of a run
+
+
+@dataclass
+class DataSection:
+    paths: list[str] = field(default_factory=list)  # files, folders or prepared dirs; [] = bundled
+    max_len: int = 512  # tokens per row; longer documents are cropped (random window in training)
+    batch_tokens: int = 8192  # tokens per micro-batch (rows = batch_tokens // max_len)
+    pack: bool = True  # pack several documents per row (attention never crosses documents)
+    valid_fraction: float = 0.02  # share of documents held out when no prepared valid split exists
+    max_valid_docs: int = 500
+    max_train_docs: int | None = None  # cap for quick experiments
+
+
+@dataclass
+class ObjectiveSection:
+    mask_prob: float = 0.15  # MLM: share of tokens selected for prediction
+    mask_replace: float = 0.8  # of those: replaced by <mask>
+    random_replace: float = 0.1  # of those: replaced by a random token (rest kept)
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 600
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 40
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+    grad_accum: int = 1
+    clip_norm: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 16
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    modality: str = ""
+    out: str = ""
+    model: ModelSection = field(default_factory=ModelSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    data: DataSection = field(default_factory=DataSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# -- building ---------------------------------------------------------------------------------
+
+
+def build_config(
+    base: dict[str, Any] | None = None,
+    yaml_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    dotted: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Merge, in order: ``base`` (nested), ``dotted`` ({"a.b": v}), the YAML file, ``--set`` strings."""
+    merged: dict[str, Any] = {}
+    _deep_update(merged, base or {}, "")
+    for key, value in (dotted or {}).items():
+        _set_dotted(merged, key, value)
+    if yaml_file is not None:
+        _deep_update(merged, load_yaml(yaml_file), "")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(merged, key, value)
+    return from_dict(merged)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, train:…), got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=3e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, data, "")
+
+
+def _build(cls: type, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config key {prefix}{key}.{hint} Allowed here: {', '.join(names)}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key + ".")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "1e-3" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _deep_update(target: dict, source: dict, prefix: str) -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict) and key != "overrides":
+            _deep_update(target[key], value, f"{prefix}{key}.")
+        else:
+            target[key] = value
+
+
+def _set_dotted(target: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = target
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value

@@ -1,0 +1,95 @@
+"""Turn a run's ``data.paths`` into a tokenizer plus train/valid token datasets.
+
+A path is either a prepared dataset (``foundry <modality> prepare``: memory-mapped shards with a
+manifest) or raw files/folders that the modality's readers understand (tokenized in memory at the
+start of the run — fine for the bundled corpora and small experiments).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RunConfig
+from .data.dataset import InMemoryTokens, TokenDataset
+from .errors import DataError
+from .modality import Modality
+from .plugins import get_manager, load_tokenizer
+from .readers import read_documents
+
+
+@dataclass
+class RunData:
+    tokenizer: Any
+    train: TokenDataset
+    valid: TokenDataset
+    sources: list[str]
+
+
+def resolve_paths(cfg: RunConfig, modality: Modality) -> list[Path]:
+    return [Path(p) for p in cfg.data.paths] if cfg.data.paths else list(modality.default_data())
+
+
+def load_run_data(cfg: RunConfig, modality: Modality, tokenizer=None) -> RunData:
+    """``tokenizer``: the one a resumed run or an imported model already has (else built here)."""
+    paths = resolve_paths(cfg, modality)
+    prepared = _prepared_module()
+    if prepared is not None and len(paths) == 1 and prepared.is_prepared(paths[0]):
+        return _from_prepared(prepared, paths[0], tokenizer)
+    if prepared is not None and any(prepared.is_prepared(p) for p in paths):
+        raise DataError("a prepared dataset must be the only --data path (mix prepared sources with data.sources)")
+
+    readers = get_manager().reader_objects(modality.readers)
+    documents = list(read_documents(paths, readers))
+    if not documents:
+        raise DataError(f"{', '.join(map(str, paths))}: no documents found")
+    if tokenizer is None:
+        settings = {"path": cfg.tokenizer.path, "vocab_size": cfg.tokenizer.vocab_size}
+        tokenizer = modality.build_tokenizer(documents, settings)
+    encoded = tokenizer.encode_batch([d.text for d in documents])
+    keep = [i for i, ids in enumerate(encoded) if len(ids) > 0]
+    valid_idx, train_idx = split_by_id([documents[i].id for i in keep], cfg.data.valid_fraction, cfg.data.max_valid_docs)
+    if cfg.data.max_train_docs is not None:
+        train_idx = train_idx[: cfg.data.max_train_docs]
+    fingerprint = tokenizer.fingerprint()
+
+    def subset(indices):
+        return InMemoryTokens([encoded[keep[i]] for i in indices], [documents[keep[i]].id for i in indices], fingerprint)
+
+    return RunData(tokenizer, subset(train_idx), subset(valid_idx), [str(p) for p in paths])
+
+
+def split_by_id(ids: list[str], valid_fraction: float, max_valid: int) -> tuple[list[int], list[int]]:
+    """Deterministic split: a record goes to validation when the hash of its id is small.
+
+    The same record lands in the same split whatever the file order or the rest of the corpus.
+    """
+    if len(ids) < 2:
+        raise DataError(f"need at least 2 documents to hold out a validation set, found {len(ids)}")
+    scores = np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "big") / 2**64 for i in ids])
+    valid = [i for i in np.argsort(scores, kind="stable") if scores[i] < valid_fraction][:max_valid]
+    if not valid:
+        valid = [int(np.argmin(scores))]
+    chosen = set(int(i) for i in valid)
+    return sorted(chosen), [i for i in range(len(ids)) if i not in chosen]
+
+
+def _from_prepared(prepared, path: Path, tokenizer) -> RunData:
+    fingerprint = tokenizer.fingerprint() if tokenizer is not None else None
+    data = prepared.open_prepared(path, expected_fingerprint=fingerprint)
+    if tokenizer is None:
+        kind = data.manifest["tokenizer"]["kind"]
+        tokenizer = load_tokenizer(kind, data.tokenizer_dir)
+    return RunData(tokenizer, data.train, data.valid, [str(path)])
+
+
+def _prepared_module():
+    try:
+        from .data import prepare
+    except ImportError:
+        return None
+    return prepare

@@ -1,0 +1,198 @@
+"""A deterministic stream of packed micro-batches, resumable from a small state.
+
+Documents are visited in a per-epoch permutation drawn from (seed, epoch). Each one is cropped
+to ``max_len`` (a random window in training, as ESM does, drawn from (seed, epoch, position)) and
+placed in the first row of the micro-batch with room left (first-fit). When a document fits no
+row the micro-batch is complete and that document opens the next one. So the stream is a pure
+function of (seed, dataset lengths, settings), and ``StreamState`` — epoch, cursor, micro-batch
+count — is all a checkpoint needs to continue it exactly.
+
+With several processes, global micro-batch ``k`` belongs to rank ``k % world_size``; every rank
+plans the whole stream (cheap: lengths only) and reads tokens only for its own micro-batches.
+That is what makes resume independent of the number of processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .dataset import TokenDataset
+
+
+@dataclass
+class StreamState:
+    epoch: int = 0
+    cursor: int = 0  # next position in the epoch's permutation
+    micro_batches: int = 0  # global micro-batches emitted so far
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Piece:
+    doc: int  # document index in the dataset
+    start: int  # first token of the window
+    length: int
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor  # (rows, max_len) int64, padded with pad_id
+    document_ids: torch.Tensor  # (rows, max_len) int64: 1, 2, … per document in a row, 0 on padding
+    real_tokens: int  # non-padding tokens
+    index: int  # global micro-batch index (seeds the objective's randomness)
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.real_tokens / self.tokens.numel()
+
+
+class PackedStream:
+    def __init__(
+        self,
+        dataset: TokenDataset,
+        *,
+        max_len: int,
+        batch_tokens: int,
+        pad_id: int,
+        seed: int,
+        pack: bool = True,
+        random_crop: bool = True,
+    ):
+        if len(dataset) == 0:
+            raise ValueError("cannot stream an empty dataset")
+        self.dataset = dataset
+        self.max_len = max_len
+        self.rows = max(1, batch_tokens // max_len)
+        self.pad_id = pad_id
+        self.seed = seed
+        self.pack = pack
+        self.random_crop = random_crop
+        self.lengths = np.asarray(dataset.lengths)
+        self.state = StreamState()
+        self._order_epoch = -1
+        self._order = np.empty(0, dtype=np.int64)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return self.state.to_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = StreamState(**state)
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _order_for(self, epoch: int) -> np.ndarray:
+        if epoch != self._order_epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.lengths))
+            self._order_epoch = epoch
+        return self._order
+
+    def _piece(self, epoch: int, position: int) -> Piece:
+        doc = int(self._order_for(epoch)[position])
+        length = int(self.lengths[doc])
+        if length <= self.max_len:
+            return Piece(doc, 0, length)
+        if not self.random_crop:
+            return Piece(doc, 0, self.max_len)
+        start = int(np.random.default_rng([self.seed, epoch, position, 1]).integers(0, length - self.max_len + 1))
+        return Piece(doc, start, self.max_len)
+
+    def next_plan(self) -> list[list[Piece]]:
+        """Advance the stream by one micro-batch and return its rows of pieces."""
+        rows: list[list[Piece]] = [[] for _ in range(self.rows)]
+        free = [self.max_len] * self.rows
+        state = self.state
+        while True:
+            if state.cursor >= len(self.lengths):
+                state.epoch += 1
+                state.cursor = 0
+            piece = self._piece(state.epoch, state.cursor)
+            if self.pack:
+                target = next((r for r in range(self.rows) if free[r] >= piece.length), None)
+            else:
+                target = next((r for r in range(self.rows) if free[r] == self.max_len), None)
+            if target is None:
+                break
+            rows[target].append(piece)
+            free[target] -= piece.length
+            state.cursor += 1
+        state.micro_batches += 1
+        return rows
+
+    def materialize(self, rows: list[list[Piece]], index: int) -> Batch:
+        tokens = np.full((len(rows), self.max_len), self.pad_id, dtype=np.int64)
+        doc_ids = np.zeros((len(rows), self.max_len), dtype=np.int64)
+        real = 0
+        for r, pieces in enumerate(rows):
+            at = 0
+            for d, piece in enumerate(pieces, start=1):
+                ids = self.dataset[piece.doc][piece.start : piece.start + piece.length]
+                tokens[r, at : at + piece.length] = ids
+                doc_ids[r, at : at + piece.length] = d
+                at += piece.length
+            real += at
+        return Batch(torch.from_numpy(tokens), torch.from_numpy(doc_ids), real, index)
+
+    def batches(self, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """Endless micro-batches of this rank, continuing from the current state."""
+        while True:
+            index = self.state.micro_batches
+            plan = self.next_plan()
+            if index % world_size == rank:
+                yield self.materialize(plan, index)
+
+
+def evaluation_batches(dataset: TokenDataset, *, max_len: int, batch_tokens: int, pad_id: int, limit: int | None = None) -> list[Batch]:
+    """Fixed validation batches: every document chunked into consecutive ``max_len`` windows
+    (no randomness), packed first-fit in dataset order."""
+    rows_per_batch = max(1, batch_tokens // max_len)
+    pieces: list[Piece] = []
+    for doc, length in enumerate(np.asarray(dataset.lengths)):
+        for start in range(0, int(length), max_len):
+            pieces.append(Piece(doc, start, min(max_len, int(length) - start)))
+    packer = _FixedPacker(dataset, max_len, rows_per_batch, pad_id)
+    batches: list[Batch] = []
+    rows: list[list[Piece]] = [[] for _ in range(rows_per_batch)]
+    free = [max_len] * rows_per_batch
+    for piece in pieces:
+        target = next((r for r in range(rows_per_batch) if free[r] >= piece.length), None)
+        if target is None:
+            batches.append(packer.materialize(rows, len(batches)))
+            if limit is not None and len(batches) >= limit:
+                return batches
+            rows = [[] for _ in range(rows_per_batch)]
+            free = [max_len] * rows_per_batch
+            target = 0
+        rows[target].append(piece)
+        free[target] -= piece.length
+    if any(rows):
+        batches.append(packer.materialize([r for r in rows if r], len(batches)))
+    return batches
+
+
+class _FixedPacker(PackedStream):
+    def __init__(self, dataset, max_len, rows, pad_id):  # noqa: D107 - reuse materialize only
+        self.dataset, self.max_len, self.rows, self.pad_id = dataset, max_len, rows, pad_id
+
+
+def next_batch_for_rank(stream: PackedStream, rank: int, world_size: int) -> Batch:
+    """Plan the next ``world_size`` global micro-batches and read this rank's one.
+
+    Every rank advances the stream identically, so after each call all ranks hold the same
+    ``StreamState`` — the one a checkpoint stores.
+    """
+    mine = None
+    for r in range(world_size):
+        index = stream.state.micro_batches
+        plan = stream.next_plan()
+        if r == rank:
+            mine = stream.materialize(plan, index)
+    assert mine is not None
+    return mine
