@@ -1,0 +1,65 @@
+"""The protein plugin: registers the ESM tokenizer, the FASTA reader, the modality, its commands.
+
+    foundry plugins                # lists "protein" and what it contributes
+    foundry protein pretrain       # ESM-2 style MLM on the bundled UniProt sample
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from foundry.hookspecs import hookimpl
+from foundry.modality import Modality
+from foundry.readers import Document, Reader
+
+from .alphabet import EsmTokenizer
+from .fasta import read_fasta
+
+FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fasta.gz", ".fa.gz", ".faa.gz")
+BUNDLED_FASTA = Path(__file__).parent / "data" / "uniprot_sample.fasta.gz"
+
+
+def build_tokenizer(documents: Iterable[Document], settings: dict[str, Any]) -> EsmTokenizer:
+    """The alphabet is fixed: the documents are not looked at."""
+    return EsmTokenizer()
+
+
+def default_data() -> list[Path]:
+    """8,000 UniProtKB sequences bundled with foundry (CC-BY-4.0, see data/SOURCES.md)."""
+    return [BUNDLED_FASTA]
+
+
+@hookimpl
+def register_tokenizers(register):
+    register("esm", EsmTokenizer)
+
+
+@hookimpl
+def register_readers(register):
+    register(Reader(name="fasta", suffixes=FASTA_SUFFIXES, read=read_fasta))
+
+
+@hookimpl
+def register_modalities(register):
+    register(
+        Modality(
+            name="protein",
+            description="Protein language models (ESM-2 style): amino acids as tokens, masked-LM pretraining, "
+            "FASTA input, ESM-2 presets and weights",
+            objective="mlm",
+            presets=("esm2_tiny", "esm2_t6_8M", "esm2_t12_35M", "esm2_t30_150M", "esm2_t33_650M",
+                     "esm2_t36_3B", "esm2_t48_15B"),
+            readers=("fasta",),
+            build_tokenizer=build_tokenizer,
+            default_data=default_data,
+            config_defaults={"data.max_len": 512},
+        )
+    )
+
+
+@hookimpl
+def register_commands(cli):
+    from .commands import add_protein_commands
+
+    add_protein_commands(cli)
