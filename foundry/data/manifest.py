@@ -1,0 +1,110 @@
+"""``manifest.json`` of a prepared dataset: what went in, how it was tokenized, what came out.
+
+The manifest is written last, atomically; its presence is what makes a prepared folder complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+MANIFEST_NAME = "manifest.json"
+PREPARED_FORMAT = "foundry-prepared"
+PREPARED_VERSION = 1
+SPLITS = ("train", "valid")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # absolute path at prepare time
+    size: int  # bytes
+    mtime: float  # seconds since the epoch
+    sha256: str | None  # hex digest of the whole file (None when hashing was switched off)
+    reader: str  # name of the reader that read it
+    docs: int  # documents it contributed (both splits)
+    tokens: int
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    docs: int
+    tokens: int
+    chars: int  # characters of document text (residues for proteins)
+    shards: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tokenizer_kind: str
+    tokenizer_fingerprint: str
+    vocab_size: int
+    dtype: str  # "uint16" | "uint32"
+    sources: list[SourceFile]
+    splits: dict[str, SplitCounts]
+    settings: dict[str, Any]  # valid rule, shard size, workers, add_special_tokens, …
+    created: str  # ISO-8601 UTC
+    foundry_version: str = ""
+    tokenizer_dir: str = "tokenizer"  # relative to the prepared folder
+    format: str = PREPARED_FORMAT
+    version: int = PREPARED_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train(self) -> SplitCounts:
+        return self.splits["train"]
+
+    @property
+    def valid(self) -> SplitCounts:
+        return self.splits["valid"]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        # format/version first: a human opening the file sees what it is
+        return {"format": d.pop("format"), "version": d.pop("version"), **d}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: Path | str = MANIFEST_NAME) -> "Manifest":
+        if not isinstance(data, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        if data.get("format") != PREPARED_FORMAT:
+            raise DataError(f"{where}: not a foundry prepared-data manifest (format {data.get('format')!r})")
+        if data.get("version") != PREPARED_VERSION:
+            raise DataError(
+                f"{where}: manifest version {data.get('version')!r}; this foundry reads version {PREPARED_VERSION} "
+                "(re-run prepare with this version)"
+            )
+        try:
+            sources = [SourceFile(**s) for s in data["sources"]]
+            splits = {name: SplitCounts(**data["splits"][name]) for name in SPLITS}
+            return cls(
+                tokenizer_kind=data["tokenizer_kind"],
+                tokenizer_fingerprint=data["tokenizer_fingerprint"],
+                vocab_size=int(data["vocab_size"]),
+                dtype=data["dtype"],
+                sources=sources,
+                splits=splits,
+                settings=dict(data["settings"]),
+                created=data["created"],
+                foundry_version=data.get("foundry_version", ""),
+                tokenizer_dir=data.get("tokenizer_dir", "tokenizer"),
+                extra=dict(data.get("extra", {})),
+            )
+        except KeyError as exc:
+            raise DataError(f"{where}: key {exc.args[0]!r} is missing") from None
+        except TypeError as exc:
+            raise DataError(f"{where}: malformed entry ({exc})") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{path}: missing") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, where=path)
