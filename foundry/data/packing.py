@@ -3,7 +3,9 @@
 Documents are visited in a per-epoch permutation drawn from (seed, epoch). Each one is cropped
 to ``max_len`` (a random window in training, as ESM does, drawn from (seed, epoch, position)) and
 placed in the first row of the micro-batch with room left (first-fit). When a document fits no
-row the micro-batch is complete and that document opens the next one. So the stream is a pure
+row, a random window of it fills the roomiest row's tail if at least ``max_len / 8`` tokens are
+free there; otherwise the micro-batch is complete and that document opens the next one. Padding
+therefore stays below 1/8 of every row. So the stream is a pure
 function of (seed, dataset lengths, settings), and ``StreamState`` — epoch, cursor, micro-batch
 count — is all a checkpoint needs to continue it exactly.
 
@@ -73,6 +75,8 @@ class PackedStream:
         self.seed = seed
         self.pack = pack
         self.random_crop = random_crop
+        # Shortest crop worth filling a row's tail with; bounds padding to < 1/8 of each row.
+        self.min_piece = max(8, max_len // 8)
         self.lengths = np.asarray(dataset.lengths)
         self.state = StreamState()
         self._order_epoch = -1
@@ -104,6 +108,10 @@ class PackedStream:
         start = int(np.random.default_rng([self.seed, epoch, position, 1]).integers(0, length - self.max_len + 1))
         return Piece(doc, start, self.max_len)
 
+    def _crop(self, piece: Piece, length: int, epoch: int, position: int) -> Piece:
+        offset = int(np.random.default_rng([self.seed, epoch, position, 2]).integers(0, piece.length - length + 1))
+        return Piece(piece.doc, piece.start + offset, length)
+
     def next_plan(self) -> list[list[Piece]]:
         """Advance the stream by one micro-batch and return its rows of pieces."""
         rows: list[list[Piece]] = [[] for _ in range(self.rows)]
@@ -116,6 +124,13 @@ class PackedStream:
             piece = self._piece(state.epoch, state.cursor)
             if self.pack:
                 target = next((r for r in range(self.rows) if free[r] >= piece.length), None)
+                if target is None:
+                    # Fill the roomiest row's tail with a crop of this document rather than
+                    # leaving it padded; stop only when every row is nearly full.
+                    roomiest = max(range(self.rows), key=lambda r: free[r])
+                    if free[roomiest] >= self.min_piece:
+                        piece = self._crop(piece, free[roomiest], state.epoch, state.cursor)
+                        target = roomiest
             else:
                 target = next((r for r in range(self.rows) if free[r] == self.max_len), None)
             if target is None:
