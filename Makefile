@@ -1,0 +1,22 @@
+# make demo  — create .venv if needed, pretrain a small ESM-2-style protein model on bundled UniProt data
+# make test  — create .venv if needed, run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean-demo
+
+$(BIN)/foundry: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(BIN)/foundry
+
+install: $(BIN)/foundry
+
+demo: $(BIN)/foundry
+	rm -rf runs/demo-protein
+	$(BIN)/foundry protein pretrain --out runs/demo-protein
+
+test: $(BIN)/foundry
+	$(BIN)/python -m pytest -q
