@@ -22,6 +22,7 @@ naming the file and the line or record:
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections import deque
 from pathlib import Path
@@ -35,6 +36,7 @@ from foundry.readers import Document
 from .alphabet import EsmTokenizer
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_BINARY = re.compile("[\x00\udc80-\udcff]")  # NUL, or a byte that is not UTF-8 (surrogateescape)
 _ALPHABET = EsmTokenizer()
 
 
@@ -50,9 +52,6 @@ def read_fasta(path: str | Path) -> Iterator[Document]:
                 count += 1
                 line_no = lines.headers.popleft()
                 yield _document(path, count, line_no, title, seq)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: line {lines.n + 1}: not a text FASTA file "
-                        f"(byte 0x{exc.object[exc.start]:02x} is not UTF-8; binary data?)") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip data after line {lines.n} ({exc})") from None
     except OSError as exc:
@@ -84,8 +83,9 @@ def _open_text(path: Path) -> IO[str]:
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, expected a FASTA file") from None
     if magic == _GZIP_MAGIC:
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, "r", encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+    # Undecodable bytes become lone surrogates, which _Lines reports with their line number.
+    return open(path, "r", encoding="utf-8", errors="surrogateescape")
 
 
 class _Lines:
@@ -103,8 +103,11 @@ class _Lines:
         # The parser iterates twice (skip to the first header, then the records): keep state here.
         for line in self.handle:
             self.n += 1
-            if "\x00" in line:
-                raise DataError(f"{self.path}: line {self.n}: not a text FASTA file (NUL byte; binary data?)")
+            bad = _BINARY.search(line)
+            if bad:
+                char = bad.group()
+                what = "a NUL byte" if char == "\x00" else f"byte 0x{ord(char) - 0xDC00:02x}, which is not UTF-8"
+                raise DataError(f"{self.path}: line {self.n}: not a text FASTA file ({what}; binary data?)")
             if line.startswith(">"):
                 self.seen_header = True
                 self.headers.append(self.n)
