@@ -1,0 +1,192 @@
+"""The one trunk. ESM-2, Llama, Mistral and GPT-2 are flag settings of ``ModelConfig``.
+
+    model = Transformer(from_name("esm2_tiny"))
+    out = model(tokens)                      # tokens: LongTensor (B, T)
+    out.logits                               # (B, T, vocab)
+
+Reading order: embeddings (+ ESM token dropout) -> pre-norm blocks -> final norm -> LM head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from . import masks
+from .config import ModelConfig
+from .heads import AttentionContactHead
+from .layers import Block, ESMLMHead, make_norm, rope_cos_sin
+
+
+@dataclass
+class TransformerOutput:
+    logits: torch.Tensor | None  # (B, T, vocab); None when need_logits=False
+    hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)  # idx -> (B, T, D)
+    attentions: torch.Tensor | None = None  # (B, n_layer, n_head, T, T) when need_attention
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.pos_embed = nn.Embedding(cfg.max_position, cfg.d_model) if cfg.pos == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.final_norm = make_norm(cfg) if cfg.final_norm else None
+        if cfg.lm_head == "esm":
+            self.lm_head: nn.Module | None = ESMLMHead(cfg)
+        else:
+            self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.contact_head: AttentionContactHead | None = None  # see attach_contact_head
+        self.reset_parameters()
+
+    # -- init --------------------------------------------------------------------------------
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layer) (GPT-2)."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = 1 / math.sqrt(2 * self.config.n_layer) if name.endswith(("o_proj", "mlp.down")) else 1.0
+                if module.weight.device.type != "meta":
+                    nn.init.normal_(module.weight, std=std * scale)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding) and module.weight.device.type != "meta":
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+
+    def attach_contact_head(self, head: AttentionContactHead | None = None, eos_id: int | None = 2, prepend_bos=True):
+        """Attach (or build) the attention contact head; its weights live under ``contact_head.``."""
+        cfg = self.config
+        self.contact_head = head or AttentionContactHead(cfg.n_layer, cfg.n_head, eos_id, prepend_bos)
+        return self.contact_head
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # (B, T) long
+        attention_mask: torch.Tensor | None = None,  # (B, T) bool, True = real token
+        document_ids: torch.Tensor | None = None,  # (B, T) long, packed rows
+        need_hidden=(),
+        need_attention: bool = False,
+        need_logits: bool = True,
+    ) -> TransformerOutput:
+        cfg = self.config
+        b, t = tokens.shape
+        if attention_mask is None and cfg.pad_id is not None:
+            attention_mask = tokens.ne(cfg.pad_id)
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()
+        positions = masks.position_ids(document_ids, b, t, tokens.device)  # (B|1, T)
+        x = self.embed_tokens(tokens, attention_mask, document_ids, positions)  # (B, T, D)
+
+        need_hidden = set(need_hidden)
+        bad = [i for i in need_hidden if not 0 <= i <= cfg.n_layer]
+        if bad:
+            raise ValueError(f"need_hidden: layer indices {bad} outside 0..{cfg.n_layer}")
+        hidden = {0: x} if 0 in need_hidden else {}
+
+        mask, is_causal = masks.attention_mask(attention_mask, document_ids, cfg.causal, t, tokens.device, cfg.sliding_window)
+        rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype) if cfg.pos == "rope" else None
+        weights = []
+        for i, block in enumerate(self.blocks, start=1):
+            x, w = block(x, rope, mask, is_causal, need_attention)
+            if i in need_hidden:
+                hidden[i] = x
+            if need_attention:
+                weights.append(w)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+            if cfg.n_layer in need_hidden:
+                hidden[cfg.n_layer] = x  # fair-esm: the last representation has the norm applied
+
+        attentions = None
+        if need_attention:
+            attentions = torch.stack(weights, dim=1)  # (B, L, H, T, T)
+            if attention_mask is not None and not bool(attention_mask.all()):
+                real = attention_mask.to(attentions.dtype)
+                attentions = attentions * (real[:, :, None] * real[:, None, :])[:, None, None]
+        logits = self.logits(x) if need_logits else None
+        return TransformerOutput(logits=logits, hidden_states=hidden, attentions=attentions)
+
+    def embed_tokens(self, tokens, attention_mask, document_ids, positions) -> torch.Tensor:
+        """Token (+ learned position) embeddings, ESM token dropout, padded rows zeroed."""
+        cfg = self.config
+        x = self.embed(tokens)  # (B, T, D)
+        if cfg.token_dropout:
+            x = self._token_dropout(x, tokens, attention_mask, document_ids)
+        if self.pos_embed is not None:
+            if positions.max() >= cfg.max_position:
+                raise ValueError(f"sequence position {int(positions.max())} >= max_position {cfg.max_position}")
+            x = x + self.pos_embed(positions)
+        if attention_mask is not None:
+            x = x * attention_mask[..., None].to(x.dtype)
+        return x
+
+    def _token_dropout(self, x, tokens, attention_mask, document_ids):
+        """ESM-2: <mask> embeddings are zeroed, the rest scaled by (1 - train ratio) / (1 - observed ratio).
+
+        The observed ratio is counted per sequence, or per document in a packed row.
+        """
+        is_mask = tokens.eq(self.config.mask_id)
+        x = x.masked_fill(is_mask[..., None], 0.0)
+        real = attention_mask if attention_mask is not None else torch.ones_like(is_mask)
+        if document_ids is None:
+            observed = is_mask.sum(-1).to(x.dtype) / real.sum(-1).clamp(min=1)  # (B,)
+            observed = observed[:, None, None]
+        else:
+            seg = masks.segment_index(document_ids)  # (B, T)
+            n_mask = torch.zeros(seg.shape, dtype=x.dtype, device=x.device).scatter_add_(1, seg, is_mask.to(x.dtype))
+            n_real = torch.zeros(seg.shape, dtype=x.dtype, device=x.device).scatter_add_(1, seg, real.to(x.dtype))
+            observed = (n_mask.gather(1, seg) / n_real.gather(1, seg).clamp(min=1))[..., None]  # (B, T, 1)
+        return x * (1 - self.config.mask_ratio_train) / (1 - observed)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, T, D) -> logits (B, T, vocab)."""
+        if isinstance(self.lm_head, ESMLMHead):
+            return self.lm_head(h, self.embed.weight)
+        if self.lm_head is None:
+            return nn.functional.linear(h, self.embed.weight)
+        return self.lm_head(h)
+
+    @torch.no_grad()
+    def predict_contacts(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) tokens -> (B, T', T') contact probabilities through the attached contact head."""
+        if self.contact_head is None:
+            raise RuntimeError("no contact head attached: import one with the fair-esm weights or train one")
+        out = self(tokens, attention_mask=attention_mask, need_attention=True, need_logits=False)
+        return self.contact_head(tokens, out.attentions)
+
+    # -- accounting --------------------------------------------------------------------------
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (tied ones once); optionally without token/position embedding tables."""
+        params = {id(p): p for p in self.parameters()}
+        if exclude_embeddings:
+            params.pop(id(self.embed.weight), None)
+            if self.pos_embed is not None:
+                params.pop(id(self.pos_embed.weight), None)
+        return sum(p.numel() for p in params.values())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 N + 12 L D T (Kaplan et al.; PaLM appx. B).
+
+        N counts every weight used in a matmul: the trunk plus the output projection (also when it
+        is tied to the embedding), not the embedding lookups. The attention term uses ``seq_len``
+        (default ``max_position``) and, by convention, ignores causal masking.
+        """
+        cfg = self.config
+        t = seq_len or cfg.max_position
+        n = self.num_parameters(exclude_embeddings=True)
+        if self.contact_head is not None:
+            n -= sum(p.numel() for p in self.contact_head.parameters())
+        if cfg.tie_embeddings:
+            n += cfg.vocab_size * cfg.d_model
+        return 6.0 * n + 12.0 * cfg.n_layer * cfg.d_model * t
