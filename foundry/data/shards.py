@@ -459,7 +459,7 @@ class ShardedTokens:
     def __getitem__(self, index: int) -> np.ndarray:
         shard, local = self._locate(index)
         a, b = int(shard.offsets[local]), int(shard.offsets[local + 1])
-        return shard.tokens[a:b].astype(np.int32)
+        return np.array(shard.tokens[a:b], dtype=np.int32)
 
     def record_id(self, index: int) -> str:
         shard, local = self._locate(index)
@@ -480,7 +480,7 @@ class ShardedTokens:
         shard, local = self._locate(index)
         a, b = int(shard.offsets[local]), int(shard.offsets[local + 1])
         lo = min(a + max(start, 0), b)
-        return shard.tokens[lo : min(lo + max(length, 0), b)].astype(np.int32)
+        return np.array(shard.tokens[lo : min(lo + max(length, 0), b)], dtype=np.int32)
 
     def iter_record_ids(self) -> Iterator[str]:
         """Every record id in order, streamed shard by shard (for cluster maps)."""

@@ -1,0 +1,595 @@
+"""Tokenize a corpus once into memory-mapped shards: ``foundry <modality> prepare INPUT... -o DIR``.
+
+    from foundry.data.prepare import prepare, open_prepared
+    manifest = prepare([Path("uniref50.fasta.gz")], readers, tokenizer, Path("data/uniref50"), workers=8)
+    data = open_prepared("data/uniref50", expected_fingerprint=tokenizer.fingerprint())
+    data.train[0], data.valid.record_id(3)
+
+Output layout (see ``foundry.data.shards`` for a split folder)::
+
+    DIR/manifest.json   written last, atomically: sources (size, mtime, sha256), tokenizer kind and
+                        fingerprint, vocab size, dtype, counts per split, the settings used
+    DIR/tokenizer/      the tokenizer, saved with ``Tokenizer.save``
+    DIR/train/  DIR/valid/
+
+How it runs: the main process reads the files in order (``foundry.readers.iter_files``) and cuts
+the records into chunks; ``workers`` processes tokenize chunks (at most ``2 × workers`` chunks in
+flight, so memory stays flat whatever the corpus size); results come back in submission order and
+stream into one ``ShardWriter`` per split. The output is therefore identical for any number of
+workers. A record goes to ``valid`` when ``blake2b-64(record id) < threshold``: the same record
+always lands in the same split, whatever the order or the worker count.
+
+Everything is written into ``DIR.tmp-<pid>-<rand>/`` next to ``DIR`` and renamed into place only
+after the manifest is written, so an interrupted run never leaves something that reads as
+complete; with ``overwrite=True`` the old data stays in place until the new data is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import multiprocessing
+import os
+import pickle
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import DataError, FoundryError
+from ..readers import Reader, iter_files
+from .manifest import MANIFEST_NAME, SPLITS, Manifest, SourceFile, SplitCounts
+from .shards import DEFAULT_SHARD_DOCS, DEFAULT_SHARD_TOKENS, ShardedTokens, ShardWriter, token_dtype, write_json_atomic
+
+#: a chunk (the unit of work sent to a worker) closes at this many documents or characters
+CHUNK_DOCS = 2048
+CHUNK_CHARS = 1 << 21
+TOKENIZER_DIR = "tokenizer"
+
+
+# ------------------------------------------------------------------------------------------------
+# Opening
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    train: ShardedTokens
+    valid: ShardedTokens
+    manifest: Manifest
+    tokenizer_dir: Path
+    path: Path
+
+    def load_tokenizer(self):
+        """The tokenizer saved with the data, through the plugin registry."""
+        from ..plugins import load_tokenizer
+
+        return load_tokenizer(self.manifest.tokenizer_kind, self.tokenizer_dir)
+
+
+def is_prepared(path: str | Path) -> bool:
+    """True when ``path`` is a complete prepared folder (has a foundry manifest); cheap."""
+    manifest = Path(path) / MANIFEST_NAME
+    if not manifest.is_file():
+        return False
+    try:
+        Manifest.load(manifest)
+    except FoundryError:
+        return False
+    return True
+
+
+def open_prepared(path: str | Path, expected_fingerprint: str | None = None, *, verify: bool = True) -> PreparedData:
+    """Open a prepared folder, checking the manifest against the shards and the tokenizer."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such prepared data folder")
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        if any((path / s).exists() for s in (*SPLITS, TOKENIZER_DIR)):
+            raise DataError(f"{path}: {MANIFEST_NAME} is missing: the prepare did not finish; run prepare again")
+        raise DataError(f"{path}: not a prepared data folder (no {MANIFEST_NAME}); run `foundry <modality> prepare` first")
+    manifest = Manifest.load(manifest_path)
+    if expected_fingerprint is not None and expected_fingerprint != manifest.tokenizer_fingerprint:
+        raise DataError(
+            f"{path}: prepared with tokenizer fingerprint {manifest.tokenizer_fingerprint} "
+            f"({manifest.tokenizer_kind}), but this run's tokenizer has {expected_fingerprint}; "
+            f"use the tokenizer in {path / manifest.tokenizer_dir} or prepare the data again with this tokenizer"
+        )
+    splits = {}
+    for name in SPLITS:
+        split = ShardedTokens(path / name, verify=verify)
+        _check_agreement(manifest_path, manifest, name, split)
+        splits[name] = split
+    tokenizer_dir = path / manifest.tokenizer_dir
+    if not tokenizer_dir.is_dir():
+        raise DataError(f"{tokenizer_dir}: tokenizer folder listed in {manifest_path} is missing")
+    return PreparedData(splits["train"], splits["valid"], manifest, tokenizer_dir, path)
+
+
+def _check_agreement(manifest_path: Path, manifest: Manifest, name: str, split: ShardedTokens) -> None:
+    want = manifest.splits[name]
+    index_path = split.directory / "index.json"
+    got = {"docs": len(split), "tokens": split.num_tokens, "shards": split.num_shards}
+    for key, value in got.items():
+        if getattr(want, key) != value:
+            raise DataError(
+                f"{manifest_path}: says {name} has {getattr(want, key)} {key}, {index_path} has {value}; "
+                "the manifest does not belong to these shards (prepare again)"
+            )
+    if split.tokenizer_fingerprint != manifest.tokenizer_fingerprint:
+        raise DataError(
+            f"{index_path}: tokenizer fingerprint {split.tokenizer_fingerprint} differs from "
+            f"{manifest.tokenizer_fingerprint} in {manifest_path}"
+        )
+    if split.dtype.name != manifest.dtype:
+        raise DataError(f"{index_path}: dtype {split.dtype.name} differs from {manifest.dtype} in {manifest_path}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Splitting and tokenizing (runs in the workers)
+# ------------------------------------------------------------------------------------------------
+
+
+def split_hash(record_id: str) -> int:
+    """64-bit hash of a record id; a record is in ``valid`` when this is below the threshold."""
+    return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+class _Encoder:
+    """Tokenizes one chunk: returns (flat ids in the shard dtype, lengths, in-valid mask)."""
+
+    def __init__(self, tokenizer, add_special_tokens: bool, threshold: int, dtype: str):
+        self.tokenizer = tokenizer
+        self.add_special_tokens = add_special_tokens
+        self.threshold = threshold
+        self.dtype = np.dtype(dtype)
+
+    def __call__(self, source: str, ids: list[str], texts: list[str]):
+        try:
+            encoded = self.tokenizer.encode_batch(texts, add_special_tokens=self.add_special_tokens)
+        except Exception:  # noqa: BLE001 - find the record to blame, then re-raise with its name
+            encoded = [self._encode_one(source, rid, text) for rid, text in zip(ids, texts)]
+        lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+        flat = np.concatenate(encoded) if encoded else np.zeros(0, np.int64)
+        limit = np.iinfo(self.dtype).max
+        if len(flat) and (flat.min() < 0 or flat.max() > limit):
+            raise DataError(f"{source}: tokenizer produced ids outside {self.dtype.name}")
+        valid = np.fromiter((split_hash(r) < self.threshold for r in ids), dtype=bool, count=len(ids))
+        return flat.astype(self.dtype, copy=False), lengths, valid
+
+    def _encode_one(self, source: str, rid: str, text: str) -> np.ndarray:
+        try:
+            return self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
+        except FoundryError as exc:
+            raise DataError(f"{source}: record {rid!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{source}: record {rid!r}: cannot tokenize ({type(exc).__name__}: {exc})") from None
+
+
+_WORKER_ENCODER: _Encoder | None = None
+
+
+def _worker_init(payload: tuple, add_special_tokens: bool, threshold: int, dtype: str, fingerprint: str) -> None:
+    # Ctrl-C goes to the whole process group: let the parent handle it and shut the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global _WORKER_ENCODER
+    if payload[0] == "pickle":
+        tokenizer = pickle.loads(payload[1])
+    else:
+        from ..plugins import load_tokenizer
+
+        tokenizer = load_tokenizer(payload[1], payload[2])
+    if tokenizer.fingerprint() != fingerprint:
+        raise DataError("tokenizer restored in a worker has a different fingerprint than the parent's")
+    _WORKER_ENCODER = _Encoder(tokenizer, add_special_tokens, threshold, dtype)
+
+
+def _worker_encode(source: str, ids: list[str], texts: list[str]):
+    assert _WORKER_ENCODER is not None
+    return _WORKER_ENCODER(source, ids, texts)
+
+
+# ------------------------------------------------------------------------------------------------
+# prepare
+# ------------------------------------------------------------------------------------------------
+
+
+def prepare(
+    inputs: Sequence[str | Path],
+    readers: Sequence[Reader],
+    tokenizer,
+    out_dir: str | Path,
+    workers: int = 1,
+    valid_fraction: float | int = 0.01,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    progress: bool = True,
+    *,
+    overwrite: bool = False,
+    add_special_tokens: bool = True,
+    hash_sources: bool = True,
+    shard_docs: int = DEFAULT_SHARD_DOCS,
+    start_method: str = "spawn",
+    fsync: bool = True,
+) -> Manifest:
+    """Tokenize ``inputs`` into ``out_dir`` (train/valid shards + tokenizer + manifest).
+
+    ``valid_fraction``: a float in [0, 1) is the fraction of records (by id hash) held out; an
+    int ≥ 1 is an exact count of records (the ones with the smallest id hashes; this costs one
+    extra pass that reads the ids). ``workers`` > 1 tokenizes in that many processes; the output
+    does not depend on it. Refuses to replace a complete ``out_dir`` unless ``overwrite``.
+    """
+    out_dir = Path(out_dir).absolute()
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise DataError("prepare: no input files or folders given")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    _check_valid_fraction(valid_fraction)
+    files = list(iter_files(inputs, readers))  # raises DataError for missing paths / unknown types
+    _check_destination(out_dir, [f for f, _ in files], overwrite)
+    _cleanup_stale(out_dir)
+
+    tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _prepare_into(
+            tmp, files, tokenizer, workers, valid_fraction, shard_tokens, shard_docs, progress,
+            add_special_tokens, hash_sources, start_method, fsync,
+        )
+        _swap_into_place(tmp, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _prepare_into(
+    tmp: Path, files: list[tuple[Path, Reader]], tokenizer, workers: int, valid_fraction: float | int,
+    shard_tokens: int, shard_docs: int, progress: bool, add_special_tokens: bool, hash_sources: bool,
+    start_method: str, fsync: bool,
+) -> Manifest:
+    fingerprint = tokenizer.fingerprint()
+    vocab_size = int(tokenizer.vocab_size)
+    dtype = token_dtype(vocab_size)
+    tokenizer.save(tmp / TOKENIZER_DIR)
+    stats_before = [_stat(f) for f, _ in files]
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-hash") if hash_sources else None
+    hashes = [hasher.submit(_sha256, f) for f, _ in files] if hasher else []
+    try:
+        if isinstance(valid_fraction, int) and valid_fraction > 0:
+            threshold = _count_threshold(files, valid_fraction)
+            valid_rule = {"valid_count": valid_fraction}
+        else:
+            threshold = int(float(valid_fraction) * 2**64)
+            valid_rule = {"valid_fraction": float(valid_fraction)}
+        encoder = _Encoder(tokenizer, add_special_tokens, threshold, dtype.name)
+        writers = {
+            name: ShardWriter(tmp / name, vocab_size=vocab_size, tokenizer_fingerprint=fingerprint,
+                              shard_tokens=shard_tokens, shard_docs=shard_docs, fsync=fsync)
+            for name in SPLITS
+        }
+        per_file = [[0, 0] for _ in files]  # docs, tokens
+        chars = {name: 0 for name in SPLITS}
+        bar = _Progress(progress, len(files))
+        stream = _run(files, encoder, workers, tokenizer, tmp / TOKENIZER_DIR, start_method)
+        try:
+            for (fi, ids, texts), (flat, lengths, valid) in stream:
+                _write_chunk(writers, flat, lengths, valid, ids)
+                n_chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+                chars["valid"] += int(n_chars[valid].sum())
+                chars["train"] += int(n_chars[~valid].sum())
+                per_file[fi][0] += len(ids)
+                per_file[fi][1] += int(lengths.sum())
+                bar.update(fi, len(ids), int(lengths.sum()), int(n_chars.sum()))
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+        finally:
+            stream.close()  # stops the worker pool now, not when the traceback is collected
+            bar.close()
+        counts = {}
+        for name, w in writers.items():
+            info = w.close()
+            counts[name] = SplitCounts(docs=info.docs, tokens=info.tokens, chars=chars[name], shards=info.shards)
+        _check_counts(files, counts)
+        sources = []
+        for i, ((f, reader), before) in enumerate(zip(files, stats_before)):
+            if _stat(f) != before:
+                raise DataError(f"{f}: the file changed while it was being prepared; run prepare again")
+            sources.append(SourceFile(path=str(f.absolute()), size=before[0], mtime=before[1] / 1e9,
+                                      sha256=hashes[i].result() if hasher else None, reader=reader.name,
+                                      docs=per_file[i][0], tokens=per_file[i][1]))
+    finally:
+        if hasher:
+            hasher.shutdown(wait=True, cancel_futures=True)
+    manifest = Manifest(
+        tokenizer_kind=tokenizer.kind, tokenizer_fingerprint=fingerprint, vocab_size=vocab_size, dtype=dtype.name,
+        sources=sources, splits=counts,
+        settings={**valid_rule, "split_rule": "blake2b-64(record id, big-endian) < valid_threshold",
+                  "valid_threshold": threshold, "shard_tokens": shard_tokens, "shard_docs": shard_docs,
+                  "workers": workers, "add_special_tokens": add_special_tokens},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), foundry_version=_foundry_version(),
+        tokenizer_dir=TOKENIZER_DIR,
+    )
+    write_json_atomic(tmp / MANIFEST_NAME, manifest.to_dict())  # last: the folder is complete now
+    return manifest
+
+
+def _write_chunk(writers: dict[str, ShardWriter], flat, lengths, valid, ids: list[str]) -> None:
+    if not valid.any():
+        writers["train"].add_flat(flat, lengths, ids)
+        return
+    token_valid = np.repeat(valid, lengths)
+    for name, mask, tmask in (("train", ~valid, ~token_valid), ("valid", valid, token_valid)):
+        if mask.any():
+            writers[name].add_flat(flat[tmask], lengths[mask], [r for r, m in zip(ids, mask) if m])
+
+
+def _check_counts(files, counts: dict[str, SplitCounts]) -> None:
+    total = counts["train"].docs + counts["valid"].docs
+    if total == 0:
+        names = ", ".join(str(f) for f, _ in files[:3]) + (" …" if len(files) > 3 else "")
+        raise DataError(f"no documents found in the inputs ({names})")
+    if counts["train"].docs == 0:
+        raise DataError(f"all {total} documents landed in the validation split; lower valid_fraction")
+
+
+# -- reading and dispatch ------------------------------------------------------------------------
+
+
+def _chunks(files: list[tuple[Path, Reader]]) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(file index, ids, texts) in input order; a chunk never spans two files."""
+    for fi, (path, reader) in enumerate(files):
+        ids: list[str] = []
+        texts: list[str] = []
+        size = 0
+        for doc in _read(path, reader):
+            ids.append(doc.id)
+            texts.append(doc.text)
+            size += len(doc.text)
+            if len(ids) >= CHUNK_DOCS or size >= CHUNK_CHARS:
+                yield fi, ids, texts
+                ids, texts, size = [], [], 0
+        if ids:
+            yield fi, ids, texts
+
+
+def _read(path: Path, reader: Reader):
+    """The reader's documents; low-level failures (corrupt gzip, vanished file) name the file."""
+    try:
+        yield from reader.read(path)
+    except FoundryError:
+        raise
+    except (OSError, EOFError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # zlib.error and reader bugs
+        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _run(files, encoder: _Encoder, workers: int, tokenizer, tokenizer_dir: Path, start_method: str):
+    """Yield (chunk, encoded) in input order; with workers, keep at most 2×workers chunks in flight."""
+    if workers == 1:
+        for chunk in _chunks(files):
+            yield chunk, encoder(str(files[chunk[0]][0]), chunk[1], chunk[2])
+        return
+    payload = _tokenizer_payload(tokenizer, tokenizer_dir)
+    ctx = multiprocessing.get_context(start_method)
+    initargs = (payload, encoder.add_special_tokens, encoder.threshold, encoder.dtype.name, tokenizer.fingerprint())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=initargs)
+    pending: deque[tuple[tuple, Future]] = deque()
+    try:
+        for chunk in _chunks(files):
+            pending.append((chunk, pool.submit(_worker_encode, str(files[chunk[0]][0]), chunk[1], chunk[2])))
+            if len(pending) >= 2 * workers:
+                done_chunk, fut = pending.popleft()
+                yield done_chunk, _result(fut)
+        while pending:
+            done_chunk, fut = pending.popleft()
+            yield done_chunk, _result(fut)
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(fut: Future):
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return fut.result()
+    except BrokenProcessPool as exc:
+        raise DataError(f"a tokenizer worker process died ({exc}); nothing was written, run prepare again") from None
+
+
+def _tokenizer_payload(tokenizer, tokenizer_dir: Path) -> tuple:
+    try:
+        return ("pickle", pickle.dumps(tokenizer))
+    except Exception:  # noqa: BLE001 - not picklable: workers load it from the saved folder
+        return ("load", tokenizer.kind, str(tokenizer_dir))
+
+
+def _count_threshold(files, count: int) -> int:
+    """Threshold that puts exactly the ``count`` records with the smallest id hashes in valid."""
+    heap: list[int] = []  # max-heap (negated) of the smallest hashes seen
+    total = 0
+    for path, reader in files:
+        for doc in _read(path, reader):
+            total += 1
+            h = split_hash(doc.id)
+            if len(heap) < count:
+                heapq.heappush(heap, -h)
+            elif h < -heap[0]:
+                heapq.heapreplace(heap, -h)
+    if total <= count:
+        raise DataError(f"valid count {count} leaves no training data: the inputs hold {total} records")
+    return -heap[0] + 1
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+
+def _check_valid_fraction(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"valid_fraction must be a float in [0, 1) or an int count, got {value!r}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"valid count must be ≥ 0, got {value}")
+    if isinstance(value, float) and not 0.0 <= value < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {value}")
+
+
+def _check_destination(out_dir: Path, files: list[Path], overwrite: bool) -> None:
+    resolved = out_dir.resolve()
+    for f in files:
+        if resolved in f.resolve().parents:
+            raise DataError(f"{f}: input lies inside the output folder {out_dir}")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DataError(f"{out_dir}: exists and is not a folder")
+        if is_prepared(out_dir):
+            if not overwrite:
+                raise DataError(f"{out_dir}: already holds prepared data; pass --overwrite to replace it")
+        elif any(out_dir.iterdir()):
+            raise DataError(f"{out_dir}: folder is not empty and is not prepared data; refusing to replace it")
+
+
+def _cleanup_stale(out_dir: Path) -> None:
+    """Remove ``DIR.tmp-<pid>-*`` folders left by runs that were killed (their pid is gone)."""
+    for tmp in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
+        try:
+            pid = int(tmp.name[len(out_dir.name) + 5 :].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+    old = sorted(out_dir.parent.glob(f"{out_dir.name}.old-*"))
+    if not out_dir.exists() and old and is_prepared(old[-1]):
+        os.replace(old[-1], out_dir)  # a swap was cut between its two renames: restore the old data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and is_prepared(out_dir):
+        if not overwrite:
+            raise DataError(f"{out_dir}: another prepare finished first; pass --overwrite to replace it")
+        old = out_dir.parent / f"{out_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked at the start); fails loudly if something appeared
+        os.replace(tmp, out_dir)
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    return st.st_size, st.st_mtime_ns
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _foundry_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("foundry")
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+class _Progress:
+    """tqdm bar over documents with tokens and chars/s (residues/s for proteins) alongside."""
+
+    def __init__(self, enabled: bool, n_files: int):
+        self.bar = None
+        self.n_files = n_files
+        self.tokens = self.chars = 0
+        self.start = time.perf_counter()
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(unit=" docs", unit_scale=True, desc="prepare", file=sys.stderr, mininterval=0.5)
+
+    def update(self, file_index: int, docs: int, tokens: int, chars: int) -> None:
+        self.tokens += tokens
+        self.chars += chars
+        if self.bar is not None:
+            self.bar.update(docs)
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix_str(
+                f"file {file_index + 1}/{self.n_files}, {_si(self.tokens)} tokens, {_si(self.chars / elapsed)} chars/s",
+                refresh=False,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _si(x: float) -> str:
+    for unit in ("", "k", "M", "G", "T"):
+        if abs(x) < 1000:
+            return f"{x:.1f}{unit}" if unit else f"{x:.0f}"
+        x /= 1000
+    return f"{x:.1f}P"
+
+
+# -- CLI entry ----------------------------------------------------------------------------------
+
+
+def prepare_modality(
+    modality: str,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    workers: int = 1,
+    valid_fraction: float | int = 0.01,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    overwrite: bool = False,
+    progress: bool = True,
+    tokenizer=None,
+    tokenizer_settings: dict[str, Any] | None = None,
+) -> Manifest:
+    """What ``foundry <modality> prepare INPUT... -o DIR --workers N`` calls.
+
+    Uses the modality's readers; the tokenizer is ``tokenizer`` when given (e.g. restored from a
+    checkpoint, for continued pretraining), else ``modality.build_tokenizer`` over the inputs.
+    """
+    from ..plugins import get_manager
+    from ..readers import read_documents
+
+    manager = get_manager()
+    mod = manager.modality(modality)
+    readers = manager.reader_objects(mod.readers)
+    if tokenizer is None:
+        tokenizer = mod.build_tokenizer(read_documents([Path(p) for p in inputs], readers), dict(tokenizer_settings or {}))
+    return prepare(inputs, readers, tokenizer, out_dir, workers=workers, valid_fraction=valid_fraction,
+                   shard_tokens=shard_tokens, progress=progress, overwrite=overwrite)
