@@ -21,7 +21,7 @@ def _docs(path, **kw):
 def test_text_is_cut_at_blank_lines_with_line_ids(tmp_path):
     f = tmp_path / "a.txt"
     f.write_text("para one\nstill one\n\n\n  \npara two\n\npara three\n", encoding="utf-8")
-    docs = _docs(f, max_chars=20)
+    docs = _docs(f, max_chars=19)
     assert [(d.id, d.text) for d in docs] == [
         (f"{f.as_posix()}:1", "para one\nstill one"),
         (f"{f.as_posix()}:6", "para two"),
