@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from itertools import islice
 from pathlib import Path
 
@@ -159,6 +160,10 @@ def test_encode_batch_error_names_the_item(tok):
     assert (info.value.index, info.value.position) == (2, 2)
     with pytest.raises(DataError, match=r"sequence 1 of the batch: character 'é'"):
         tok.encode_batch(["MKV", "Aé"])
+    for control in ("\x01", "\x02", "\x00"):  # the batch path's marker bytes are not accepted
+        for special in (True, False):
+            with pytest.raises(DataError, match=rf"sequence 1 of the batch: character {re.escape(repr(control))} at position 2 "):
+                tok.encode_batch(["MKV", f"A{control}C"], add_special_tokens=special)
 
 
 def test_decode(tok):
