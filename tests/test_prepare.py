@@ -18,7 +18,7 @@ from foundry.data.prepare import is_prepared, open_prepared, prepare, split_hash
 from foundry.errors import DataError
 from foundry.readers import Document, Reader
 
-from test_shards import TSV_READER, CharTokenizer, random_docs, read_tsv, write_tsv
+from test_shards import TSV_READER, CharTokenizer, DyingTokenizer, random_docs, read_tsv, write_tsv
 
 TESTS = Path(__file__).parent
 QUERY_FASTA = Path("/work/shared/data/protein_sequences/mmseqs2_uniprot_QUERY.fasta")
@@ -209,7 +209,7 @@ def test_killed_prepare_is_never_readable_and_rerun_cleans_up(corpus, tmp_path):
 
         reader = Reader(name="t", suffixes=(".tsv", ".tsv.gz"), read=dying)
         prepare({[str(p) for p in corpus["inputs"]]!r}, [reader], CharTokenizer(), Path({str(tmp_path / "out")!r}),
-                shard_tokens=50, progress=False)
+                shard_tokens=50, progress=False, fsync=False)
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -241,6 +241,19 @@ def test_bad_inputs_give_clear_errors(corpus, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tsv.gz", "c.tsv", "empty.tsv", "in", "x.tsv"]
 
 
+def test_file_workers_report_errors_and_deaths(corpus, tmp_path):
+    """Several files + picklable reader: workers read whole files; failures still name the file."""
+    corrupt = tmp_path / "in/zz.tsv.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(64))
+    with pytest.raises(DataError, match="zz.tsv.gz: cannot read"):
+        _prepare(corpus, tmp_path / "out", workers=2)
+    corrupt.unlink()
+    write_tsv(tmp_path / "in/zz.tsv", [("doomed", DyingTokenizer.POISON)])
+    with pytest.raises(DataError, match="worker process died"):
+        _prepare(corpus, tmp_path / "out", workers=2, tokenizer=DyingTokenizer())
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.*"))
+
+
 def test_read_ahead_is_bounded(tmp_path, monkeypatch):
     """Memory stays flat: the reader is never more than 2×workers (+1) chunks ahead of the writer."""
     monkeypatch.setattr(prep, "CHUNK_DOCS", 10)
@@ -258,8 +271,8 @@ def test_read_ahead_is_bounded(tmp_path, monkeypatch):
     for workers in (1, 2):
         read[0] = written = 0
         stream = prep._run(files, enc, workers, tok, tmp_path, "spawn")
-        for (_, ids, _), _ in stream:
-            written += len(ids)
+        for chunk in stream:
+            written += len(chunk.ids)
             assert read[0] - written <= (2 * workers + 1) * 10
         assert written == 400
 

@@ -67,6 +67,20 @@ class CharTokenizer:
         return hashlib.sha256(f"{self.alphabet}|{self.offset}".encode()).hexdigest()[:16]
 
 
+class DyingTokenizer(CharTokenizer):
+    """Kills its own process on one poison record: simulates a worker killed by the OOM killer."""
+
+    POISON = "WYWYWYWYWYWY"
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> np.ndarray:
+        if text == self.POISON:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().encode(text, add_special_tokens)
+
+
 def read_tsv(path: Path):
     """``id<TAB>sequence`` per line; ``.tsv.gz`` is gunzipped."""
     opener = gzip.open if path.name.endswith(".gz") else open

@@ -1,4 +1,5 @@
-"""``manifest.json`` of a prepared dataset: what went in, how it was tokenized, what came out.
+"""``manifest.json`` of a prepared dataset (what went in, how it was tokenized, what came out),
+and opening a prepared folder: ``open_prepared``, ``is_prepared``.
 
 The manifest is written last, atomically; its presence is what makes a prepared folder complete.
 """
@@ -10,9 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, FoundryError
+from .shards import ShardedTokens
 
 MANIFEST_NAME = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
 PREPARED_FORMAT = "foundry-prepared"
 PREPARED_VERSION = 1
 SPLITS = ("train", "valid")
@@ -108,3 +111,82 @@ class Manifest:
         except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(data, where=path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Opening
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    train: ShardedTokens
+    valid: ShardedTokens
+    manifest: Manifest
+    tokenizer_dir: Path
+    path: Path
+
+    def load_tokenizer(self):
+        """The tokenizer saved with the data, through the plugin registry."""
+        from ..plugins import load_tokenizer
+
+        return load_tokenizer(self.manifest.tokenizer_kind, self.tokenizer_dir)
+
+
+def is_prepared(path: str | Path) -> bool:
+    """True when ``path`` is a complete prepared folder (has a foundry manifest); cheap."""
+    manifest = Path(path) / MANIFEST_NAME
+    if not manifest.is_file():
+        return False
+    try:
+        Manifest.load(manifest)
+    except FoundryError:
+        return False
+    return True
+
+
+def open_prepared(path: str | Path, expected_fingerprint: str | None = None, *, verify: bool = True) -> PreparedData:
+    """Open a prepared folder, checking the manifest against the shards and the tokenizer."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such prepared data folder")
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        if any((path / s).exists() for s in (*SPLITS, TOKENIZER_DIR)):
+            raise DataError(f"{path}: {MANIFEST_NAME} is missing: the prepare did not finish; run prepare again")
+        raise DataError(f"{path}: not a prepared data folder (no {MANIFEST_NAME}); run `foundry <modality> prepare` first")
+    manifest = Manifest.load(manifest_path)
+    if expected_fingerprint is not None and expected_fingerprint != manifest.tokenizer_fingerprint:
+        raise DataError(
+            f"{path}: prepared with tokenizer fingerprint {manifest.tokenizer_fingerprint} "
+            f"({manifest.tokenizer_kind}), but this run's tokenizer has {expected_fingerprint}; "
+            f"use the tokenizer in {path / manifest.tokenizer_dir} or prepare the data again with this tokenizer"
+        )
+    splits = {}
+    for name in SPLITS:
+        split = ShardedTokens(path / name, verify=verify)
+        _check_agreement(manifest_path, manifest, name, split)
+        splits[name] = split
+    tokenizer_dir = path / manifest.tokenizer_dir
+    if not tokenizer_dir.is_dir():
+        raise DataError(f"{tokenizer_dir}: tokenizer folder listed in {manifest_path} is missing")
+    return PreparedData(splits["train"], splits["valid"], manifest, tokenizer_dir, path)
+
+
+def _check_agreement(manifest_path: Path, manifest: Manifest, name: str, split: ShardedTokens) -> None:
+    want = manifest.splits[name]
+    index_path = split.directory / "index.json"
+    got = {"docs": len(split), "tokens": split.num_tokens, "shards": split.num_shards}
+    for key, value in got.items():
+        if getattr(want, key) != value:
+            raise DataError(
+                f"{manifest_path}: says {name} has {getattr(want, key)} {key}, {index_path} has {value}; "
+                "the manifest does not belong to these shards (prepare again)"
+            )
+    if split.tokenizer_fingerprint != manifest.tokenizer_fingerprint:
+        raise DataError(
+            f"{index_path}: tokenizer fingerprint {split.tokenizer_fingerprint} differs from "
+            f"{manifest.tokenizer_fingerprint} in {manifest_path}"
+        )
+    if split.dtype.name != manifest.dtype:
+        raise DataError(f"{index_path}: dtype {split.dtype.name} differs from {manifest.dtype} in {manifest_path}")

@@ -47,92 +47,16 @@ import numpy as np
 
 from ..errors import DataError, FoundryError
 from ..readers import Reader, iter_files
-from .manifest import MANIFEST_NAME, SPLITS, Manifest, SourceFile, SplitCounts
-from .shards import DEFAULT_SHARD_DOCS, DEFAULT_SHARD_TOKENS, ShardedTokens, ShardWriter, token_dtype, write_json_atomic
+from .manifest import (  # noqa: F401 - open_prepared & co. are re-exported: one import for callers
+    MANIFEST_NAME, SPLITS, TOKENIZER_DIR, Manifest, PreparedData, SourceFile, SplitCounts, is_prepared, open_prepared,
+)
+from .shards import DEFAULT_SHARD_DOCS, DEFAULT_SHARD_TOKENS, ShardWriter, token_dtype, write_json_atomic
 
 #: a chunk (the unit of work sent to a worker) closes at this many documents or characters
 CHUNK_DOCS = 2048
 CHUNK_CHARS = 1 << 21
-TOKENIZER_DIR = "tokenizer"
-
-
-# ------------------------------------------------------------------------------------------------
-# Opening
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PreparedData:
-    train: ShardedTokens
-    valid: ShardedTokens
-    manifest: Manifest
-    tokenizer_dir: Path
-    path: Path
-
-    def load_tokenizer(self):
-        """The tokenizer saved with the data, through the plugin registry."""
-        from ..plugins import load_tokenizer
-
-        return load_tokenizer(self.manifest.tokenizer_kind, self.tokenizer_dir)
-
-
-def is_prepared(path: str | Path) -> bool:
-    """True when ``path`` is a complete prepared folder (has a foundry manifest); cheap."""
-    manifest = Path(path) / MANIFEST_NAME
-    if not manifest.is_file():
-        return False
-    try:
-        Manifest.load(manifest)
-    except FoundryError:
-        return False
-    return True
-
-
-def open_prepared(path: str | Path, expected_fingerprint: str | None = None, *, verify: bool = True) -> PreparedData:
-    """Open a prepared folder, checking the manifest against the shards and the tokenizer."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: no such prepared data folder")
-    manifest_path = path / MANIFEST_NAME
-    if not manifest_path.is_file():
-        if any((path / s).exists() for s in (*SPLITS, TOKENIZER_DIR)):
-            raise DataError(f"{path}: {MANIFEST_NAME} is missing: the prepare did not finish; run prepare again")
-        raise DataError(f"{path}: not a prepared data folder (no {MANIFEST_NAME}); run `foundry <modality> prepare` first")
-    manifest = Manifest.load(manifest_path)
-    if expected_fingerprint is not None and expected_fingerprint != manifest.tokenizer_fingerprint:
-        raise DataError(
-            f"{path}: prepared with tokenizer fingerprint {manifest.tokenizer_fingerprint} "
-            f"({manifest.tokenizer_kind}), but this run's tokenizer has {expected_fingerprint}; "
-            f"use the tokenizer in {path / manifest.tokenizer_dir} or prepare the data again with this tokenizer"
-        )
-    splits = {}
-    for name in SPLITS:
-        split = ShardedTokens(path / name, verify=verify)
-        _check_agreement(manifest_path, manifest, name, split)
-        splits[name] = split
-    tokenizer_dir = path / manifest.tokenizer_dir
-    if not tokenizer_dir.is_dir():
-        raise DataError(f"{tokenizer_dir}: tokenizer folder listed in {manifest_path} is missing")
-    return PreparedData(splits["train"], splits["valid"], manifest, tokenizer_dir, path)
-
-
-def _check_agreement(manifest_path: Path, manifest: Manifest, name: str, split: ShardedTokens) -> None:
-    want = manifest.splits[name]
-    index_path = split.directory / "index.json"
-    got = {"docs": len(split), "tokens": split.num_tokens, "shards": split.num_shards}
-    for key, value in got.items():
-        if getattr(want, key) != value:
-            raise DataError(
-                f"{manifest_path}: says {name} has {getattr(want, key)} {key}, {index_path} has {value}; "
-                "the manifest does not belong to these shards (prepare again)"
-            )
-    if split.tokenizer_fingerprint != manifest.tokenizer_fingerprint:
-        raise DataError(
-            f"{index_path}: tokenizer fingerprint {split.tokenizer_fingerprint} differs from "
-            f"{manifest.tokenizer_fingerprint} in {manifest_path}"
-        )
-    if split.dtype.name != manifest.dtype:
-        raise DataError(f"{index_path}: dtype {split.dtype.name} differs from {manifest.dtype} in {manifest_path}")
+#: chunks a file-reading worker may have waiting for the writer
+QUEUE_CHUNKS = 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,8 +69,20 @@ def split_hash(record_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "big")
 
 
+@dataclass
+class _Chunk:
+    """One tokenized chunk of consecutive records from one file."""
+
+    file_index: int
+    ids: list[str]
+    flat: np.ndarray  # token ids back to back, in the shard dtype
+    lengths: np.ndarray  # int64 tokens per record
+    valid: np.ndarray  # bool, record goes to the valid split
+    chars: np.ndarray  # int64 characters per record (residues for proteins)
+
+
 class _Encoder:
-    """Tokenizes one chunk: returns (flat ids in the shard dtype, lengths, in-valid mask)."""
+    """Tokenizes chunks and decides each record's split (runs in the workers)."""
 
     def __init__(self, tokenizer, add_special_tokens: bool, threshold: int, dtype: str):
         self.tokenizer = tokenizer
@@ -154,18 +90,21 @@ class _Encoder:
         self.threshold = threshold
         self.dtype = np.dtype(dtype)
 
-    def __call__(self, source: str, ids: list[str], texts: list[str]):
+    def settings(self) -> tuple:
+        return self.add_special_tokens, self.threshold, self.dtype.name
+
+    def __call__(self, file_index: int, source: str, ids: list[str], texts: list[str]) -> _Chunk:
         try:
             encoded = self.tokenizer.encode_batch(texts, add_special_tokens=self.add_special_tokens)
         except Exception:  # noqa: BLE001 - find the record to blame, then re-raise with its name
             encoded = [self._encode_one(source, rid, text) for rid, text in zip(ids, texts)]
         lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
         flat = np.concatenate(encoded) if encoded else np.zeros(0, np.int64)
-        limit = np.iinfo(self.dtype).max
-        if len(flat) and (flat.min() < 0 or flat.max() > limit):
+        if len(flat) and (flat.min() < 0 or flat.max() > np.iinfo(self.dtype).max):
             raise DataError(f"{source}: tokenizer produced ids outside {self.dtype.name}")
         valid = np.fromiter((split_hash(r) < self.threshold for r in ids), dtype=bool, count=len(ids))
-        return flat.astype(self.dtype, copy=False), lengths, valid
+        chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        return _Chunk(file_index, ids, flat.astype(self.dtype, copy=False), lengths, valid, chars)
 
     def _encode_one(self, source: str, rid: str, text: str) -> np.ndarray:
         try:
@@ -176,13 +115,9 @@ class _Encoder:
             raise DataError(f"{source}: record {rid!r}: cannot tokenize ({type(exc).__name__}: {exc})") from None
 
 
-_WORKER_ENCODER: _Encoder | None = None
-
-
-def _worker_init(payload: tuple, add_special_tokens: bool, threshold: int, dtype: str, fingerprint: str) -> None:
-    # Ctrl-C goes to the whole process group: let the parent handle it and shut the pool down.
+def _make_encoder(payload: tuple, fingerprint: str, settings: tuple) -> _Encoder:
+    # Ctrl-C goes to the whole process group: workers ignore it, the parent stops them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    global _WORKER_ENCODER
     if payload[0] == "pickle":
         tokenizer = pickle.loads(payload[1])
     else:
@@ -190,13 +125,35 @@ def _worker_init(payload: tuple, add_special_tokens: bool, threshold: int, dtype
 
         tokenizer = load_tokenizer(payload[1], payload[2])
     if tokenizer.fingerprint() != fingerprint:
-        raise DataError("tokenizer restored in a worker has a different fingerprint than the parent's")
-    _WORKER_ENCODER = _Encoder(tokenizer, add_special_tokens, threshold, dtype)
+        raise DataError(f"tokenizer restored in a worker has fingerprint {tokenizer.fingerprint()}, not {fingerprint}")
+    return _Encoder(tokenizer, *settings)
 
 
-def _worker_encode(source: str, ids: list[str], texts: list[str]):
+_WORKER_ENCODER: _Encoder | None = None
+
+
+def _pool_init(payload: tuple, fingerprint: str, settings: tuple) -> None:
+    global _WORKER_ENCODER
+    _WORKER_ENCODER = _make_encoder(payload, fingerprint, settings)
+
+
+def _pool_encode(file_index: int, source: str, ids: list[str], texts: list[str]) -> _Chunk:
     assert _WORKER_ENCODER is not None
-    return _WORKER_ENCODER(source, ids, texts)
+    return _WORKER_ENCODER(file_index, source, ids, texts)
+
+
+def _file_worker(queue, assigned: list[tuple[int, Path, Reader]], payload: tuple, fingerprint: str, settings: tuple):
+    """Read and tokenize whole files, in order, into ``queue`` (bounded: blocks when the writer lags)."""
+    try:
+        encoder = _make_encoder(payload, fingerprint, settings)
+        for fi, path, reader in assigned:
+            for ids, texts in _file_chunks(path, reader):
+                queue.put(("chunk", encoder(fi, str(path), ids, texts)))
+            queue.put(("eof", fi))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        if not isinstance(exc, FoundryError):
+            exc = RuntimeError(f"prepare worker failed: {type(exc).__name__}: {exc}")
+        queue.put(("error", exc))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,14 +240,14 @@ def _prepare_into(
         bar = _Progress(progress, len(files))
         stream = _run(files, encoder, workers, tokenizer, tmp / TOKENIZER_DIR, start_method)
         try:
-            for (fi, ids, texts), (flat, lengths, valid) in stream:
-                _write_chunk(writers, flat, lengths, valid, ids)
-                n_chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
-                chars["valid"] += int(n_chars[valid].sum())
-                chars["train"] += int(n_chars[~valid].sum())
-                per_file[fi][0] += len(ids)
-                per_file[fi][1] += int(lengths.sum())
-                bar.update(fi, len(ids), int(lengths.sum()), int(n_chars.sum()))
+            for chunk in stream:
+                _write_chunk(writers, chunk)
+                chars["valid"] += int(chunk.chars[chunk.valid].sum())
+                chars["train"] += int(chunk.chars[~chunk.valid].sum())
+                n_tokens = int(chunk.lengths.sum())
+                per_file[chunk.file_index][0] += len(chunk.ids)
+                per_file[chunk.file_index][1] += n_tokens
+                bar.update(chunk.file_index, len(chunk.ids), n_tokens, int(chunk.chars.sum()))
         except BaseException:
             for w in writers.values():
                 w.abort()
@@ -326,7 +283,8 @@ def _prepare_into(
     return manifest
 
 
-def _write_chunk(writers: dict[str, ShardWriter], flat, lengths, valid, ids: list[str]) -> None:
+def _write_chunk(writers: dict[str, ShardWriter], chunk: _Chunk) -> None:
+    flat, lengths, valid, ids = chunk.flat, chunk.lengths, chunk.valid, chunk.ids
     if not valid.any():
         writers["train"].add_flat(flat, lengths, ids)
         return
@@ -348,21 +306,20 @@ def _check_counts(files, counts: dict[str, SplitCounts]) -> None:
 # -- reading and dispatch ------------------------------------------------------------------------
 
 
-def _chunks(files: list[tuple[Path, Reader]]) -> Iterator[tuple[int, list[str], list[str]]]:
-    """(file index, ids, texts) in input order; a chunk never spans two files."""
-    for fi, (path, reader) in enumerate(files):
-        ids: list[str] = []
-        texts: list[str] = []
-        size = 0
-        for doc in _read(path, reader):
-            ids.append(doc.id)
-            texts.append(doc.text)
-            size += len(doc.text)
-            if len(ids) >= CHUNK_DOCS or size >= CHUNK_CHARS:
-                yield fi, ids, texts
-                ids, texts, size = [], [], 0
-        if ids:
-            yield fi, ids, texts
+def _file_chunks(path: Path, reader: Reader) -> Iterator[tuple[list[str], list[str]]]:
+    """(ids, texts) of consecutive records of one file, cut at CHUNK_DOCS records or CHUNK_CHARS."""
+    ids: list[str] = []
+    texts: list[str] = []
+    size = 0
+    for doc in _read(path, reader):
+        ids.append(doc.id)
+        texts.append(doc.text)
+        size += len(doc.text)
+        if len(ids) >= CHUNK_DOCS or size >= CHUNK_CHARS:
+            yield ids, texts
+            ids, texts, size = [], [], 0
+    if ids:
+        yield ids, texts
 
 
 def _read(path: Path, reader: Reader):
@@ -371,45 +328,105 @@ def _read(path: Path, reader: Reader):
         yield from reader.read(path)
     except FoundryError:
         raise
-    except (OSError, EOFError, ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
-    except Exception as exc:  # zlib.error and reader bugs
+    except Exception as exc:  # noqa: BLE001 - OSError, EOFError, zlib.error, decoding, reader bugs
         raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
 
 
-def _run(files, encoder: _Encoder, workers: int, tokenizer, tokenizer_dir: Path, start_method: str):
-    """Yield (chunk, encoded) in input order; with workers, keep at most 2×workers chunks in flight."""
+def _run(files, encoder: _Encoder, workers: int, tokenizer, tokenizer_dir: Path, start_method: str) -> Iterator[_Chunk]:
+    """Tokenized chunks in input order, whatever the number of workers.
+
+    - 1 worker: read and tokenize here.
+    - several files (and picklable readers): each worker reads and tokenizes whole files
+      (file i goes to worker i % n) into its own bounded queue; the parent drains the queues in
+      file order, so reading, parsing and tokenizing all run in parallel.
+    - one file: the parent reads, workers tokenize chunks (at most 2 × workers in flight).
+    """
     if workers == 1:
-        for chunk in _chunks(files):
-            yield chunk, encoder(str(files[chunk[0]][0]), chunk[1], chunk[2])
+        for fi, (path, reader) in enumerate(files):
+            for ids, texts in _file_chunks(path, reader):
+                yield encoder(fi, str(path), ids, texts)
         return
     payload = _tokenizer_payload(tokenizer, tokenizer_dir)
+    args = (payload, tokenizer.fingerprint(), encoder.settings())
     ctx = multiprocessing.get_context(start_method)
-    initargs = (payload, encoder.add_special_tokens, encoder.threshold, encoder.dtype.name, tokenizer.fingerprint())
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=initargs)
-    pending: deque[tuple[tuple, Future]] = deque()
+    if len(files) > 1 and _picklable([r for _, r in files]):
+        yield from _run_files(files, min(workers, len(files)), ctx, args)
+    else:
+        yield from _run_chunks(files, workers, ctx, args)
+
+
+def _run_files(files, n: int, ctx, args: tuple) -> Iterator[_Chunk]:
+    queues = [ctx.Queue(maxsize=QUEUE_CHUNKS) for _ in range(n)]
+    procs = []
     try:
-        for chunk in _chunks(files):
-            pending.append((chunk, pool.submit(_worker_encode, str(files[chunk[0]][0]), chunk[1], chunk[2])))
-            if len(pending) >= 2 * workers:
-                done_chunk, fut = pending.popleft()
-                yield done_chunk, _result(fut)
-        while pending:
-            done_chunk, fut = pending.popleft()
-            yield done_chunk, _result(fut)
+        for w in range(n):
+            assigned = [(fi, path, reader) for fi, (path, reader) in enumerate(files) if fi % n == w]
+            procs.append(ctx.Process(target=_file_worker, args=(queues[w], assigned, *args), daemon=True))
+            procs[-1].start()
+        for fi in range(len(files)):
+            while True:
+                kind, item = _get(queues[fi % n], procs[fi % n])
+                if kind == "chunk":
+                    yield item
+                elif kind == "eof":
+                    break
+                else:
+                    raise item
     finally:
-        for _, fut in pending:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join()
+        for q in queues:
+            q.cancel_join_thread()
+            q.close()
+
+
+def _get(queue, proc):
+    import queue as queue_module
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise DataError(f"a prepare worker process died (exit code {proc.exitcode}); "
+                                "nothing was written, run prepare again") from None
+
+
+def _run_chunks(files, workers: int, ctx, args: tuple) -> Iterator[_Chunk]:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pool_init, initargs=args)
+    pending: deque[Future] = deque()
+    try:
+        for fi, (path, reader) in enumerate(files):
+            for ids, texts in _file_chunks(path, reader):
+                pending.append(pool.submit(_pool_encode, fi, str(path), ids, texts))
+                if len(pending) >= 2 * workers:
+                    yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
+    finally:
+        for fut in pending:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _result(fut: Future):
+def _result(fut: Future) -> _Chunk:
     from concurrent.futures.process import BrokenProcessPool
 
     try:
         return fut.result()
     except BrokenProcessPool as exc:
-        raise DataError(f"a tokenizer worker process died ({exc}); nothing was written, run prepare again") from None
+        raise DataError(f"a prepare worker process died ({exc}); nothing was written, run prepare again") from None
+
+
+def _picklable(obj) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def _tokenizer_payload(tokenizer, tokenizer_dir: Path) -> tuple:
