@@ -162,7 +162,8 @@ def test_encode_batch_error_names_the_item(tok):
         tok.encode_batch(["MKV", "Aé"])
     for control in ("\x01", "\x02", "\x00"):  # the batch path's marker bytes are not accepted
         for special in (True, False):
-            with pytest.raises(DataError, match=rf"sequence 1 of the batch: character {re.escape(repr(control))} at position 2 "):
+            expected = rf"sequence 1 of the batch: character {re.escape(repr(control))} at position 2 "
+            with pytest.raises(DataError, match=expected):
                 tok.encode_batch(["MKV", f"A{control}C"], add_special_tokens=special)
 
 

@@ -251,8 +251,10 @@ class EsmTokenizer:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: unreadable tokenizer file ({exc})") from None
         tok = cls()
-        if not isinstance(doc, dict) or doc.get("kind") != cls.kind:
-            raise CheckpointError(f"{path}: tokenizer kind is {doc.get('kind') if isinstance(doc, dict) else None!r}, expected {cls.kind!r}")
+        if not isinstance(doc, dict):
+            raise CheckpointError(f"{path}: expected a JSON object describing the tokenizer")
+        if doc.get("kind") != cls.kind:
+            raise CheckpointError(f"{path}: tokenizer kind is {doc.get('kind')!r}, expected {cls.kind!r}")
         if doc.get("rules_version") != RULES_VERSION:
             raise CheckpointError(f"{path}: tokenizer rules version {doc.get('rules_version')!r}, "
                                   f"this foundry has version {RULES_VERSION}")
