@@ -88,6 +88,7 @@ def pretrain(cfg: RunConfig, resume: Path | None = None) -> dict[str, Any]:
     data: RunData = load_run_data(cfg, modality, tokenizer)
     tokenizer = data.tokenizer
     if model is None:
+        torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed fixes
         model = build_model(cfg, modality, tokenizer)
 
     stream = PackedStream(data.train, max_len=cfg.data.max_len, batch_tokens=cfg.data.batch_tokens, pad_id=tokenizer.pad_id, seed=cfg.train.seed, pack=cfg.data.pack)

@@ -1,0 +1,114 @@
+"""`foundry <modality> pretrain` as a user runs it: outputs, exact resume, and bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# A few-second protein run: tiny model, short rows, a couple of hundred real UniProt sequences.
+TINY = [
+    "--set", "model.overrides.n_layer=2", "--set", "model.overrides.d_model=64", "--set", "model.overrides.n_head=4",
+    "--set", "model.overrides.d_ff=128", "--set", "data.max_len=128", "--set", "data.batch_tokens=1024",
+    "--set", "data.max_train_docs=300", "--set", "data.max_valid_docs=20", "--set", "train.log_every=1",
+    "--set", "train.eval_every=4", "--set", "train.eval_batches=2", "--set", "train.warmup_steps=2", "--quiet",
+]
+
+
+def foundry(*args, check=True, timeout=300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
+    result = subprocess.run([sys.executable, "-m", "foundry", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"foundry {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["loss"] for m in lines if "loss" in m}
+
+
+def test_protein_pretrain_writes_metrics_checkpoints_and_a_final_model(tmp_path):
+    out = tmp_path / "run"
+    result = foundry("protein", "pretrain", "--out", str(out), "--max-steps", "8", "--save-every", "4", *TINY)
+    assert "final val_loss" in result.stdout and "unigram baseline" in result.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 9))
+    for r in train:
+        assert {"step", "loss", "lr", "tokens", "tokens_per_s"} <= set(r)
+    assert train[-1]["tokens"] > train[0]["tokens"] > 0
+    assert any("val_loss" in r for r in records)
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == "step-000008"
+    assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "tokenizer").is_dir()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 8 and summary["modality"] == "protein"
+    again = foundry("protein", "pretrain", "--out", str(out), "--max-steps", "8", *TINY, check=False)
+    assert again.returncode != 0 and "already holds files; continue it with --resume" in again.stderr
+
+
+def test_killed_run_resumes_with_identical_losses(tmp_path):
+    reference = tmp_path / "reference"
+    foundry("protein", "pretrain", "--out", str(reference), "--max-steps", "12", "--save-every", "2", *TINY)
+
+    interrupted = tmp_path / "interrupted"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "foundry", "protein", "pretrain", "--out", str(interrupted),
+                             "--max-steps", "12", "--save-every", "2", *TINY], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = interrupted / "checkpoints" / "LATEST"
+    deadline = time.time() + 240
+    while not (latest.exists() and latest.read_text().strip() >= "step-000004") and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (interrupted / "summary.json").exists(), "the run should have been killed before finishing"
+
+    foundry("protein", "pretrain", "--resume", str(interrupted), "--quiet")
+    assert losses(interrupted) == losses(reference)
+
+
+def test_bad_fasta_fails_with_one_line_and_leaves_no_run(tmp_path):
+    bad = tmp_path / "bad.fasta"
+    bad.write_text(">ok\nMKV\n>broken\nMK1V\n")
+    out = tmp_path / "run"
+    result = foundry("protein", "pretrain", "--data", str(bad), "--out", str(out), *TINY, check=False)
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ") and "bad.fasta" in message and "broken" in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model", "esm2_t6_9M"], "unknown protein preset 'esm2_t6_9M'. Did you mean 'esm2_t6_8M'?"),
+        (["--set", "train.lrr=1"], "unknown config key train.lrr. Did you mean train.lr?"),
+        (["--data", "does/not/exist.fasta"], "does/not/exist.fasta: no such file or directory"),
+    ],
+)
+def test_bad_arguments_name_what_is_wrong(tmp_path, args, expected):
+    out = tmp_path / "run"
+    result = foundry("protein", "pretrain", "--out", str(out), *args, *TINY, check=False)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_resume_on_something_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    result = foundry("protein", "pretrain", "--resume", str(tmp_path), check=False)
+    assert result.returncode != 0 and "not a foundry run" in result.stderr
+    result = foundry("protein", "pretrain", "--resume", str(tmp_path / "nope"), check=False)
+    assert result.returncode != 0 and "nope" in result.stderr
+
+
+def test_unknown_modality():
+    result = foundry("dna", "pretrain", check=False)
+    assert result.returncode != 0 and "No such command 'dna'" in result.stderr
