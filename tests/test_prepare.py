@@ -297,3 +297,32 @@ def test_real_protein_plugin_round_trip(tmp_path):
         for i in range(len(split)):
             np.testing.assert_array_equal(split[i], direct[split.record_id(i)])
     assert type(tok).load(data.tokenizer_dir).fingerprint() == tok.fingerprint()
+
+
+def test_prepare_modality_cli_entry(tmp_path, monkeypatch):
+    """What the CLI calls: modality name → its readers and tokenizer → prepared folder."""
+    pytest.importorskip("modalities.protein.plugin")
+    import foundry.plugins as plugins
+    from modalities.protein import plugin
+
+    manager = plugins.PluginManager()
+    manager.register_plugin(plugin, "protein")
+    monkeypatch.setattr(plugins, "_manager", manager)
+    out = tmp_path / "out"
+    manifest = prep.prepare_modality("protein", [QUERY_FASTA], out, workers=1, valid_fraction=25, progress=False)
+    assert manifest.valid.docs == 25 and manifest.sources[0].reader == "fasta"
+    tok = open_prepared(out).load_tokenizer()
+    assert tok.fingerprint() == manifest.tokenizer_fingerprint
+    with pytest.raises(DataError, match="pass --overwrite"):
+        prep.prepare_modality("protein", [QUERY_FASTA], out, progress=False)
+
+
+@pytest.mark.parametrize("text, value", [("0.01", 0.01), ("1%", 0.01), ("500", 500), ("0", 0)])
+def test_parse_valid_fraction(text, value):
+    assert prep.parse_valid_fraction(text) == value
+
+
+@pytest.mark.parametrize("text", ["1.5", "-3", "abc", "100%"])
+def test_parse_valid_fraction_rejects(text):
+    with pytest.raises(DataError, match="--valid"):
+        prep.parse_valid_fraction(text)

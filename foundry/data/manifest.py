@@ -7,6 +7,9 @@ The manifest is written last, atomically; its presence is what makes a prepared 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,3 +193,61 @@ def _check_agreement(manifest_path: Path, manifest: Manifest, name: str, split: 
         )
     if split.dtype.name != manifest.dtype:
         raise DataError(f"{index_path}: dtype {split.dtype.name} differs from {manifest.dtype} in {manifest_path}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Placing a prepared folder: refuse to clobber, swap atomically, clean up after killed runs
+# ------------------------------------------------------------------------------------------------
+
+
+def check_destination(out_dir: Path, files: list[Path], overwrite: bool) -> None:
+    resolved = out_dir.resolve()
+    for f in files:
+        if resolved in f.resolve().parents:
+            raise DataError(f"{f}: input lies inside the output folder {out_dir}")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DataError(f"{out_dir}: exists and is not a folder")
+        if is_prepared(out_dir):
+            if not overwrite:
+                raise DataError(f"{out_dir}: already holds prepared data; pass --overwrite to replace it")
+        elif any(out_dir.iterdir()):
+            raise DataError(f"{out_dir}: folder is not empty and is not prepared data; refusing to replace it")
+
+
+def cleanup_stale(out_dir: Path) -> None:
+    """Remove ``DIR.tmp-<pid>-*`` folders left by runs that were killed (their pid is gone)."""
+    for tmp in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
+        try:
+            pid = int(tmp.name[len(out_dir.name) + 5 :].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+    old = sorted(out_dir.parent.glob(f"{out_dir.name}.old-*"))
+    if not out_dir.exists() and old and is_prepared(old[-1]):
+        os.replace(old[-1], out_dir)  # a swap was cut between its two renames: restore the old data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def swap_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and is_prepared(out_dir):
+        if not overwrite:
+            raise DataError(f"{out_dir}: another prepare finished first; pass --overwrite to replace it")
+        old = out_dir.parent / f"{out_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked at the start); fails loudly if something appeared
+        os.replace(tmp, out_dir)

@@ -48,7 +48,8 @@ import numpy as np
 from ..errors import DataError, FoundryError
 from ..readers import Reader, iter_files
 from .manifest import (  # noqa: F401 - open_prepared & co. are re-exported: one import for callers
-    MANIFEST_NAME, SPLITS, TOKENIZER_DIR, Manifest, PreparedData, SourceFile, SplitCounts, is_prepared, open_prepared,
+    MANIFEST_NAME, SPLITS, TOKENIZER_DIR, Manifest, PreparedData, SourceFile, SplitCounts, check_destination,
+    cleanup_stale, is_prepared, open_prepared, swap_into_place,
 )
 from .shards import DEFAULT_SHARD_DOCS, DEFAULT_SHARD_TOKENS, ShardWriter, token_dtype, write_json_atomic
 
@@ -193,8 +194,8 @@ def prepare(
         raise ValueError(f"workers must be at least 1, got {workers}")
     _check_valid_fraction(valid_fraction)
     files = list(iter_files(inputs, readers))  # raises DataError for missing paths / unknown types
-    _check_destination(out_dir, [f for f, _ in files], overwrite)
-    _cleanup_stale(out_dir)
+    check_destination(out_dir, [f for f, _ in files], overwrite)
+    cleanup_stale(out_dir)
 
     tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
@@ -203,7 +204,7 @@ def prepare(
             tmp, files, tokenizer, workers, valid_fraction, shard_tokens, shard_docs, progress,
             add_special_tokens, hash_sources, start_method, fsync,
         )
-        _swap_into_place(tmp, out_dir, overwrite)
+        swap_into_place(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -361,8 +362,9 @@ def _run_files(files, n: int, ctx, args: tuple) -> Iterator[_Chunk]:
     try:
         for w in range(n):
             assigned = [(fi, path, reader) for fi, (path, reader) in enumerate(files) if fi % n == w]
-            procs.append(ctx.Process(target=_file_worker, args=(queues[w], assigned, *args), daemon=True))
-            procs[-1].start()
+            proc = ctx.Process(target=_file_worker, args=(queues[w], assigned, *args), daemon=True)
+            proc.start()
+            procs.append(proc)
         for fi in range(len(files)):
             while True:
                 kind, item = _get(queues[fi % n], procs[fi % n])
@@ -465,59 +467,6 @@ def _check_valid_fraction(value) -> None:
         raise ValueError(f"valid_fraction must be in [0, 1), got {value}")
 
 
-def _check_destination(out_dir: Path, files: list[Path], overwrite: bool) -> None:
-    resolved = out_dir.resolve()
-    for f in files:
-        if resolved in f.resolve().parents:
-            raise DataError(f"{f}: input lies inside the output folder {out_dir}")
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise DataError(f"{out_dir}: exists and is not a folder")
-        if is_prepared(out_dir):
-            if not overwrite:
-                raise DataError(f"{out_dir}: already holds prepared data; pass --overwrite to replace it")
-        elif any(out_dir.iterdir()):
-            raise DataError(f"{out_dir}: folder is not empty and is not prepared data; refusing to replace it")
-
-
-def _cleanup_stale(out_dir: Path) -> None:
-    """Remove ``DIR.tmp-<pid>-*`` folders left by runs that were killed (their pid is gone)."""
-    for tmp in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
-        try:
-            pid = int(tmp.name[len(out_dir.name) + 5 :].split("-")[0])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
-    old = sorted(out_dir.parent.glob(f"{out_dir.name}.old-*"))
-    if not out_dir.exists() and old and is_prepared(old[-1]):
-        os.replace(old[-1], out_dir)  # a swap was cut between its two renames: restore the old data
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _swap_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and is_prepared(out_dir):
-        if not overwrite:
-            raise DataError(f"{out_dir}: another prepare finished first; pass --overwrite to replace it")
-        old = out_dir.parent / f"{out_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked at the start); fails loudly if something appeared
-        os.replace(tmp, out_dir)
-
-
 def _stat(path: Path) -> tuple[int, int]:
     try:
         st = path.stat()
@@ -606,7 +555,26 @@ def prepare_modality(
     manager = get_manager()
     mod = manager.modality(modality)
     readers = manager.reader_objects(mod.readers)
+    _check_valid_fraction(valid_fraction)
+    files = list(iter_files([Path(p) for p in inputs], readers))
+    check_destination(Path(out_dir).absolute(), [f for f, _ in files], overwrite)  # before training a BPE
     if tokenizer is None:
         tokenizer = mod.build_tokenizer(read_documents([Path(p) for p in inputs], readers), dict(tokenizer_settings or {}))
     return prepare(inputs, readers, tokenizer, out_dir, workers=workers, valid_fraction=valid_fraction,
                    shard_tokens=shard_tokens, progress=progress, overwrite=overwrite)
+
+
+def parse_valid_fraction(text: str) -> float | int:
+    """CLI ``--valid``: ``0.01`` or ``1%`` is a fraction, ``500`` a record count."""
+    raw = text.strip()
+    try:
+        if raw.endswith("%"):
+            value: float | int = float(raw[:-1]) / 100
+        elif raw.isdigit():
+            value = int(raw)
+        else:
+            value = float(raw)
+        _check_valid_fraction(value)
+    except ValueError:
+        raise DataError(f"--valid {text!r}: expected a fraction in [0, 1) (0.01 or 1%) or a record count (500)") from None
+    return value
