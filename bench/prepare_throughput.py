@@ -112,7 +112,8 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="foundry-bench-"))
     try:
-        layouts = {"single": args.inputs, "parts": split_into_parts(args.inputs, readers, scratch / "parts", args.parts)}
+        parts = split_into_parts(args.inputs, readers, scratch / "parts", args.parts)
+        layouts = {"single": args.inputs, "parts": parts}
         for layout, inputs in layouts.items():
             for workers in args.workers:
                 key = f"{layout}_workers_{workers}"

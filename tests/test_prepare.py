@@ -16,7 +16,7 @@ import pytest
 from foundry.data import prepare as prep
 from foundry.data.prepare import is_prepared, open_prepared, prepare, split_hash
 from foundry.errors import DataError
-from foundry.readers import Document, Reader
+from foundry.readers import Reader
 
 from test_shards import TSV_READER, CharTokenizer, DyingTokenizer, random_docs, read_tsv, write_tsv
 

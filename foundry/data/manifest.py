@@ -157,7 +157,9 @@ def open_prepared(path: str | Path, expected_fingerprint: str | None = None, *, 
     if not manifest_path.is_file():
         if any((path / s).exists() for s in (*SPLITS, TOKENIZER_DIR)):
             raise DataError(f"{path}: {MANIFEST_NAME} is missing: the prepare did not finish; run prepare again")
-        raise DataError(f"{path}: not a prepared data folder (no {MANIFEST_NAME}); run `foundry <modality> prepare` first")
+        raise DataError(
+            f"{path}: not a prepared data folder (no {MANIFEST_NAME}); run `foundry <modality> prepare` first"
+        )
     manifest = Manifest.load(manifest_path)
     if expected_fingerprint is not None and expected_fingerprint != manifest.tokenizer_fingerprint:
         raise DataError(

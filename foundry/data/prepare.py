@@ -35,6 +35,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -222,7 +223,8 @@ def _prepare_into(
     tokenizer.save(tmp / TOKENIZER_DIR)
     stats_before = [_stat(f) for f, _ in files]
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-hash") if hash_sources else None
-    hashes = [hasher.submit(_sha256, f) for f, _ in files] if hasher else []
+    stop_hashing = threading.Event()  # lets an interrupted run exit without hashing to the end
+    hashes = [hasher.submit(_sha256, f, stop_hashing) for f, _ in files] if hasher else []
     try:
         if isinstance(valid_fraction, int) and valid_fraction > 0:
             threshold = _count_threshold(files, valid_fraction)
@@ -270,6 +272,7 @@ def _prepare_into(
                                       docs=per_file[i][0], tokens=per_file[i][1]))
     finally:
         if hasher:
+            stop_hashing.set()
             hasher.shutdown(wait=True, cancel_futures=True)
     manifest = Manifest(
         tokenizer_kind=tokenizer.kind, tokenizer_fingerprint=fingerprint, vocab_size=vocab_size, dtype=dtype.name,
@@ -475,10 +478,12 @@ def _stat(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, stop: threading.Event) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
+            if stop.is_set():
+                return ""
             h.update(block)
     return h.hexdigest()
 
@@ -559,7 +564,8 @@ def prepare_modality(
     files = list(iter_files([Path(p) for p in inputs], readers))
     check_destination(Path(out_dir).absolute(), [f for f, _ in files], overwrite)  # before training a BPE
     if tokenizer is None:
-        tokenizer = mod.build_tokenizer(read_documents([Path(p) for p in inputs], readers), dict(tokenizer_settings or {}))
+        documents = read_documents([Path(p) for p in inputs], readers)
+        tokenizer = mod.build_tokenizer(documents, dict(tokenizer_settings or {}))
     return prepare(inputs, readers, tokenizer, out_dir, workers=workers, valid_fraction=valid_fraction,
                    shard_tokens=shard_tokens, progress=progress, overwrite=overwrite)
 
@@ -576,5 +582,7 @@ def parse_valid_fraction(text: str) -> float | int:
             value = float(raw)
         _check_valid_fraction(value)
     except ValueError:
-        raise DataError(f"--valid {text!r}: expected a fraction in [0, 1) (0.01 or 1%) or a record count (500)") from None
+        raise DataError(
+            f"--valid {text!r}: expected a fraction in [0, 1) (0.01 or 1%) or a record count (500)"
+        ) from None
     return value

@@ -292,7 +292,8 @@ class ShardWriter:
         if self.fsync:
             _fsync_dir(self.directory)
         self.shards.append(
-            {"name": cur.name, "docs": len(cur.offsets) - 1, "tokens": int(cur.offsets[-1]), "id_bytes": int(cur.id_offsets[-1])}
+            {"name": cur.name, "docs": len(cur.offsets) - 1, "tokens": int(cur.offsets[-1]),
+             "id_bytes": int(cur.id_offsets[-1])}
         )
 
 
@@ -338,7 +339,9 @@ class _Shard:
             raise DataError(f"{path}: file is missing")
         size = path.stat().st_size
         if size != expected:
-            raise DataError(f"{path}: {size} bytes on disk, expected {expected} ({what}); the shard is truncated or corrupt")
+            raise DataError(
+                f"{path}: {size} bytes on disk, expected {expected} ({what}); the shard is truncated or corrupt"
+            )
 
     def _load_offsets(self, path: Path, end: int, verify: bool) -> np.ndarray:
         if not path.is_file():
@@ -391,9 +394,12 @@ def read_index(directory: str | Path) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
-        raise DataError(f"{path}: not a foundry shard index (format {index.get('format') if isinstance(index, dict) else None!r})")
+        found = index.get("format") if isinstance(index, dict) else None
+        raise DataError(f"{path}: not a foundry shard index (format {found!r})")
     if index.get("version") != SHARD_VERSION:
-        raise DataError(f"{path}: shard format version {index.get('version')!r}, this foundry reads version {SHARD_VERSION}")
+        raise DataError(
+            f"{path}: shard format version {index.get('version')!r}, this foundry reads version {SHARD_VERSION}"
+        )
     for key in ("dtype", "tokenizer_fingerprint", "docs", "tokens", "shards"):
         if key not in index:
             raise DataError(f"{path}: key {key!r} is missing")
@@ -506,4 +512,5 @@ class ShardedTokens:
         self.__init__(state["directory"], verify=state["verify"])
 
     def __repr__(self) -> str:
-        return f"ShardedTokens({str(self.directory)!r}, docs={len(self)}, tokens={self.num_tokens}, shards={self.num_shards})"
+        where = str(self.directory)
+        return f"ShardedTokens({where!r}, docs={len(self)}, tokens={self.num_tokens}, shards={self.num_shards})"
