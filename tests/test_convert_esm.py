@@ -320,3 +320,20 @@ def test_truncated_hf_safetensors(hf_esm, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_hf(tmp_path / "cut")
+
+
+def test_hf_export_with_tokenizer_runs_without_foundry(fair, tmp_path):
+    """The exported folder alone (AutoTokenizer + AutoModelForMaskedLM) reproduces fair-esm on a real protein."""
+    alphabet_mod = pytest.importorskip("modalities.protein.alphabet")
+    from transformers import AutoTokenizer
+
+    ref, ours, _ = fair
+    export_hf(ours, alphabet_mod.EsmTokenizer(), tmp_path / "hf", modality="protein")
+    name, seq = read_fasta(FASTA, n=1, crop=40)[0]
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf_model = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.tensor([hf_tok(seq)["input_ids"]])
+    _, _, expected_ids = ALPHABET.get_batch_converter()([(name, seq)])
+    assert torch.equal(ids, expected_ids)
+    with torch.no_grad():
+        assert (hf_model(input_ids=ids).logits - ref(expected_ids)["logits"]).abs().max() <= TOL

@@ -64,8 +64,11 @@ class Transformer(nn.Module):
     def attach_contact_head(self, head: AttentionContactHead | None = None, eos_id: int | None = 2, prepend_bos=True):
         """Attach (or build) the attention contact head; its weights live under ``contact_head.``."""
         cfg = self.config
-        self.contact_head = head or AttentionContactHead(cfg.n_layer, cfg.n_head, eos_id, prepend_bos)
-        return self.contact_head
+        head = head or AttentionContactHead(cfg.n_layer, cfg.n_head, eos_id, prepend_bos)
+        if self.embed.weight.device.type != "meta":
+            head = head.to(self.embed.weight.device)
+        self.contact_head = head
+        return head
 
     # -- forward -----------------------------------------------------------------------------
 
