@@ -18,7 +18,8 @@ from .config import RunConfig
 from .data.dataset import InMemoryTokens, TokenDataset
 from .errors import DataError
 from .modality import Modality
-from .plugins import get_manager, load_tokenizer
+from .data.manifest import is_prepared, open_prepared
+from .plugins import get_manager
 from .readers import read_documents
 
 
@@ -37,11 +38,10 @@ def resolve_paths(cfg: RunConfig, modality: Modality) -> list[Path]:
 def load_run_data(cfg: RunConfig, modality: Modality, tokenizer=None) -> RunData:
     """``tokenizer``: the one a resumed run or an imported model already has (else built here)."""
     paths = resolve_paths(cfg, modality)
-    prepared = _prepared_module()
-    if prepared is not None and len(paths) == 1 and prepared.is_prepared(paths[0]):
-        return _from_prepared(prepared, paths[0], tokenizer)
-    if prepared is not None and any(prepared.is_prepared(p) for p in paths):
-        raise DataError("a prepared dataset must be the only --data path (mix prepared sources with data.sources)")
+    if len(paths) == 1 and is_prepared(paths[0]):
+        return _from_prepared(paths[0], tokenizer)
+    if any(is_prepared(p) for p in paths):
+        raise DataError("a prepared dataset must be the only --data path")
 
     readers = get_manager().reader_objects(modality.readers)
     documents = list(read_documents(paths, readers))
@@ -78,18 +78,12 @@ def split_by_id(ids: list[str], valid_fraction: float, max_valid: int) -> tuple[
     return sorted(chosen), [i for i in range(len(ids)) if i not in chosen]
 
 
-def _from_prepared(prepared, path: Path, tokenizer) -> RunData:
+def _from_prepared(path: Path, tokenizer) -> RunData:
+    """A prepared dataset; a run that already has a tokenizer (resume, --from) must match it."""
     fingerprint = tokenizer.fingerprint() if tokenizer is not None else None
-    data = prepared.open_prepared(path, expected_fingerprint=fingerprint)
+    data = open_prepared(path, expected_fingerprint=fingerprint)
     if tokenizer is None:
-        kind = data.manifest["tokenizer"]["kind"]
-        tokenizer = load_tokenizer(kind, data.tokenizer_dir)
+        tokenizer = data.load_tokenizer()
+    if len(data.train) == 0 or len(data.valid) == 0:
+        raise DataError(f"{path}: the prepared data needs documents in both splits (train {len(data.train)}, valid {len(data.valid)})")
     return RunData(tokenizer, data.train, data.valid, [str(path)])
-
-
-def _prepared_module():
-    try:
-        from .data import prepare
-    except ImportError:
-        return None
-    return prepare

@@ -1,0 +1,37 @@
+"""``foundry <modality> prepare``: the CLI face of ``foundry.data.prepare``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .data.manifest import is_prepared, open_prepared
+from .data.prepare import prepare_modality
+from .plugins import load_tokenizer
+
+
+def run_prepare(modality: str, inputs: list[Path], out: Path, *, workers: int, valid_fraction: float,
+                tokenizer_path: Path | None, vocab_size: int | None, overwrite: bool) -> None:
+    tokenizer = _tokenizer_of(tokenizer_path) if tokenizer_path is not None else None
+    settings: dict = {"path": str(tokenizer_path) if tokenizer_path and tokenizer is None else None}
+    if vocab_size:
+        settings["vocab_size"] = vocab_size
+    manifest = prepare_modality(modality, inputs, out, workers=workers, valid_fraction=valid_fraction,
+                                overwrite=overwrite, tokenizer=tokenizer, tokenizer_settings=settings)
+    data = open_prepared(out, expected_fingerprint=manifest.tokenizer_fingerprint)
+    click.echo(f"prepared {out}: train {len(data.train):,} documents / {int(data.train.lengths.sum()):,} tokens, "
+               f"valid {len(data.valid):,} documents / {int(data.valid.lengths.sum()):,} tokens")
+
+
+def _tokenizer_of(path: Path):
+    """The tokenizer kept in a model dir or a prepared dir; None for a plain tokenizer dir (the
+    modality's ``build_tokenizer`` loads those through ``settings['path']``)."""
+    meta = path / "model.json"
+    if meta.is_file():
+        kind = json.loads(meta.read_text())["tokenizer"]["kind"]
+        return load_tokenizer(kind, path / "tokenizer")
+    if is_prepared(path):
+        return open_prepared(path).load_tokenizer()
+    return None
