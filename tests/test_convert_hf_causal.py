@@ -192,7 +192,8 @@ def test_missing_tensor_is_named(tmp_path):
 def test_wrong_shape_is_named(tmp_path):
     make("llama", tmp_path / "hf")
     _edit_weights(tmp_path / "hf", lambda s: s.__setitem__("model.layers.0.self_attn.k_proj.weight", torch.zeros(64, 64)))
-    with pytest.raises(CheckpointError, match=r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \(64, 64\), expected \(32, 64\)"):
+    message = r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \(64, 64\), expected \(32, 64\)"
+    with pytest.raises(CheckpointError, match=message):
         load_hf(tmp_path / "hf")
 
 

@@ -122,7 +122,8 @@ def hf_config(cfg: ModelConfig) -> Any:
     return GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_position, n_embd=cfg.d_model, n_layer=cfg.n_layer,
         n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function="gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
-        resid_pdrop=float(cfg.dropout), embd_pdrop=float(cfg.dropout), attn_pdrop=float(cfg.dropout), layer_norm_epsilon=float(cfg.norm_eps),
+        resid_pdrop=float(cfg.dropout), embd_pdrop=float(cfg.dropout), attn_pdrop=float(cfg.dropout),
+        layer_norm_epsilon=float(cfg.norm_eps),
         initializer_range=float(cfg.init_std), pad_token_id=cfg.pad_id, tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=None, eos_token_id=None, architectures=["GPT2LMHeadModel"],
     )

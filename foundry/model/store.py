@@ -191,7 +191,12 @@ def load_model(directory, map_location="cpu") -> LoadedModel:
         tok_dir = directory / TOKENIZER_DIR
         if not tok_dir.is_dir():
             raise CheckpointError(f"{tok_dir}: tokenizer directory not found")
-        tokenizer = load_tokenizer(tok_meta["kind"], tok_dir)
+        try:
+            tokenizer = load_tokenizer(tok_meta["kind"], tok_dir)
+        except FoundryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a garbled tokenizer file, reported as such
+            raise CheckpointError(f"{tok_dir}: cannot load the {tok_meta['kind']!r} tokenizer: {exc}") from None
         if tok_meta.get("fingerprint") and tokenizer.fingerprint() != tok_meta["fingerprint"]:
             raise CheckpointError(
                 f"{tok_dir}: tokenizer fingerprint {tokenizer.fingerprint()} differs from the one recorded in "
