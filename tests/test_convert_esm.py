@@ -299,7 +299,7 @@ class Evil:
 
 def test_pickled_code_is_never_executed(tmp_path, capsys):
     with open(tmp_path / "esm2_evil.pt", "wb") as f:
-        pickle.dump({"model": {}, "cfg": Evil()}, f)
+        pickle.dump({"model": {}, "cfg": Evil()}, f, protocol=2)
     with pytest.raises(CheckpointError, match="refuses to unpickle"):
         load_fair_esm(tmp_path / "esm2_evil.pt")
     assert "pickled code ran" not in capsys.readouterr().out
