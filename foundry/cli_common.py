@@ -38,10 +38,15 @@ def _pretrain_command(modality_name: str) -> click.Command:
     @click.option("--seed", type=int, help="Random seed (data order, masking, init).")
     @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this directory from its latest checkpoint.")
     @click.option("--quiet", is_flag=True, help="No progress bar.")
-    def pretrain(data, out, preset, init_from, config_file, overrides, max_steps, save_every, seed, resume, quiet):
+    @click.option("--processes", type=click.IntRange(min=1), default=1, help="Data-parallel processes on this machine (launched through torchrun).")
+    def pretrain(data, out, preset, init_from, config_file, overrides, max_steps, save_every, seed, resume, quiet, processes):
         """Pretrain a model with the modality's self-supervised objective."""
+        from .distributed import process_state, relaunch_with_torchrun
         from .plugins import get_manager
         from .pretrain import pretrain as run_pretrain
+
+        if processes > 1:
+            relaunch_with_torchrun(processes)
 
         modality = get_manager().modality(modality_name)
         flags = {
@@ -73,6 +78,8 @@ def _pretrain_command(modality_name: str) -> click.Command:
         if cfg.modality != modality_name:
             raise FoundryError(f"this is `foundry {modality_name} pretrain` but the config says modality: {cfg.modality}")
         summary = run_pretrain(cfg, resume=resume)
+        if not process_state().is_main_process:
+            return
         click.echo(
             f"final val_loss {summary['val_loss']:.4f} (perplexity {summary['val_perplexity']:.2f}) "
             f"vs unigram baseline {summary['baseline_loss']:.4f} after {summary['step']} steps, "

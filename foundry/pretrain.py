@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 
 from .checkpoint import atomic_write_text, latest_checkpoint
 from .config import RunConfig
 from .corpus import RunData, load_run_data
 from .data.packing import PackedStream, evaluation_batches
+from .distributed import process_state
 from .errors import CheckpointError, ConfigError, FoundryError
 from .modality import Modality
 from .plugins import get_manager
@@ -95,7 +95,7 @@ def pretrain(cfg: RunConfig, resume: Path | None = None) -> dict[str, Any]:
     eval_batches = evaluation_batches(data.valid, max_len=cfg.data.max_len, batch_tokens=cfg.data.batch_tokens, pad_id=tokenizer.pad_id, limit=cfg.train.eval_batches)
 
     fresh = checkpoint is None
-    main_process = PartialState().is_main_process
+    main_process = process_state().is_main_process
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         if main_process:

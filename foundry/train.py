@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_trainer_files, save_checkpoint
 from .config import RunConfig
 from .data.packing import Batch, PackedStream, next_batch_for_rank
+from .distributed import make_accelerator
 from .metrics import MetricsLog
 from .objectives import IGNORE_INDEX, causal_labels, lm_loss, mask_tokens
 
@@ -103,7 +104,7 @@ class ObjectiveRunner:
 
 def run_training(setup: TrainSetup) -> dict[str, Any]:
     cfg, t = setup.cfg, setup.cfg.train
-    accelerator = Accelerator(mixed_precision=t.mixed_precision)
+    accelerator = make_accelerator(t.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(t.seed)
     optimizer = build_optimizer(setup.model, cfg)
@@ -158,7 +159,7 @@ def run_training(setup: TrainSetup) -> dict[str, Any]:
             last_eval = evaluate(model, setup, runner, accelerator)
             if log is not None:
                 log.write({"step": step, "tokens": tokens_seen, **last_eval})
-            bar.write(f"step {step}: val_loss {last_eval['val_loss']:.4f} (unigram baseline {last_eval['baseline_loss']:.4f})")
+                bar.write(f"step {step}: val_loss {last_eval['val_loss']:.4f} (unigram baseline {last_eval['baseline_loss']:.4f})")
         if step % t.save_every == 0 or step == t.max_steps:
             _save(setup, accelerator, model, optimizer, step, tokens_seen)
     bar.close()
