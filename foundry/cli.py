@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -34,6 +35,36 @@ def plugins(verbose: bool) -> None:
         click.echo(f"{failure.name}  ({failure.package})  FAILED: {failure.error}")
         if verbose:
             click.echo(failure.detail)
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Choice(["hf", "esm"]), required=True, help="hf: transformers directory; esm: fair-esm checkpoint.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output directory (hf) or .pt file / directory (esm).")
+def export(model_dir: Path, target: str, out: Path) -> None:
+    """Export a model directory for use without foundry.
+
+    --to hf writes a directory that transformers' AutoModelForMaskedLM / AutoModelForCausalLM and
+    AutoTokenizer load; --to esm writes a checkpoint fair-esm's load_model_and_alphabet_local reads.
+    """
+    from .model.store import load_model
+
+    loaded = load_model(model_dir)
+    if target == "hf":
+        from .convert import export_hf
+
+        if out.exists() and any(out.iterdir()):
+            raise FoundryError(f"{out}: already exists and is not empty")
+        export_hf(loaded.model, loaded.tokenizer, out, loaded.modality)
+        click.echo(f"wrote a transformers model to {out}")
+    else:
+        from .convert import export_fair_esm
+
+        cfg = loaded.model.config
+        path = out if out.suffix == ".pt" else out / f"esm2_t{cfg.n_layer}_foundry.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = export_fair_esm(loaded.model, path)
+        click.echo(f"wrote a fair-esm checkpoint to {written}")
 
 
 def build_cli() -> click.Group:

@@ -22,7 +22,36 @@ def modality_group(name: str, help_text: str | None = None) -> click.Group:
     group.add_command(_pretrain_command(name))
     group.add_command(_presets_command(name))
     group.add_command(_prepare_command(name))
+    group.add_command(_import_command(name))
     return group
+
+
+def _import_command(modality_name: str) -> click.Command:
+    @click.command(name="import")
+    @click.argument("source")
+    @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+    @click.option("--allow-missing-head", is_flag=True, help="Accept a trunk without its LM head (e.g. HF EsmModel); the head starts random.")
+    def import_(source, out, allow_missing_head):
+        """Convert an outside model (fair-esm .pt, transformers dir, cached hub id) into a model dir.
+
+        The result loads with --from, fine-tunes, and exports back with `foundry export`.
+        """
+        from .loading import load_for_modality
+        from .model.store import save_model
+        from .plugins import get_manager
+
+        if out.exists() and any(out.iterdir()):
+            raise FoundryError(f"{out}: already exists and is not empty")
+        modality = get_manager().modality(modality_name)
+        model, tokenizer, source_format = load_for_modality(source, modality, allow_missing_head=allow_missing_head)
+        if source_format == "foundry":
+            raise FoundryError(f"{source}: already a foundry model directory; use it directly")
+        save_model(out, model, tokenizer, modality_name, extras={"imported_from": str(source), "source_format": source_format})
+        cfg = model.config
+        click.echo(f"imported {source_format} model: {cfg.n_layer} layers, d_model {cfg.d_model}, "
+                   f"{model.num_parameters():,} parameters, vocabulary {tokenizer.vocab_size} -> {out}")
+
+    return import_
 
 
 def _pretrain_command(modality_name: str) -> click.Command:

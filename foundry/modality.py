@@ -31,6 +31,9 @@ class Modality:
     default_data: Callable[[], list[Path]]
     #: run-config overrides applied before the user's (e.g. a shorter ``max_len`` for text)
     config_defaults: dict[str, Any] = field(default_factory=dict)
+    #: ``import_tokenizer(path, source_format)``: the tokenizer that goes with an outside model
+    #: (a fair-esm checkpoint, an HF directory) being imported; None = this modality imports none
+    import_tokenizer: Callable[[Path, str], Tokenizer] | None = None
 
     @property
     def default_preset(self) -> str:

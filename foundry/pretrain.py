@@ -19,7 +19,7 @@ from .config import RunConfig
 from .corpus import RunData, load_run_data
 from .data.packing import PackedStream, evaluation_batches
 from .distributed import process_state
-from .errors import CheckpointError, ConfigError, FoundryError
+from .errors import ConfigError, FoundryError
 from .modality import Modality
 from .plugins import get_manager
 from .train import TrainSetup, run_training
@@ -78,12 +78,9 @@ def pretrain(cfg: RunConfig, resume: Path | None = None) -> dict[str, Any]:
         loaded = load_model(checkpoint / "model")
         model, tokenizer = loaded.model, loaded.tokenizer
     elif cfg.model.init_from:
-        from .model.store import load_model
+        from .loading import load_for_modality
 
-        loaded = load_model(Path(cfg.model.init_from))
-        if loaded.modality != modality.name:
-            raise CheckpointError(f"{cfg.model.init_from}: a {loaded.modality} model cannot continue {modality.name} pretraining")
-        model, tokenizer = loaded.model, loaded.tokenizer
+        model, tokenizer, _ = load_for_modality(cfg.model.init_from, modality)
 
     data: RunData = load_run_data(cfg, modality, tokenizer)
     tokenizer = data.tokenizer

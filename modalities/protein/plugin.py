@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from foundry.errors import CheckpointError
 from foundry.hookspecs import hookimpl
 from foundry.modality import Modality
 from foundry.readers import Document, Reader
@@ -23,6 +24,21 @@ BUNDLED_FASTA = Path(__file__).parent / "data" / "uniprot_sample.fasta.gz"
 def build_tokenizer(documents: Iterable[Document], settings: dict[str, Any]) -> EsmTokenizer:
     """The alphabet is fixed: the documents are not looked at."""
     return EsmTokenizer()
+
+
+def import_tokenizer(path: Path, source_format: str) -> EsmTokenizer:
+    """ESM-2 checkpoints use the ESM alphabet; an HF directory's vocab.txt must list the same tokens."""
+    tokenizer = EsmTokenizer()
+    vocab = Path(path) / "vocab.txt" if Path(path).is_dir() else None
+    if vocab is not None and vocab.is_file():
+        tokens = [line.strip() for line in vocab.read_text().splitlines() if line.strip()]
+        if tokens != list(tokenizer.tokens):
+            first = next((i for i, (a, b) in enumerate(zip(tokens, tokenizer.tokens)) if a != b), min(len(tokens), len(tokenizer.tokens)))
+            raise CheckpointError(
+                f"{vocab}: not the ESM-2 alphabet (token {first} differs or the sizes differ: {len(tokens)} vs "
+                f"{len(tokenizer.tokens)}); a checkpoint from another tokenizer?"
+            )
+    return tokenizer
 
 
 def default_data() -> list[Path]:
@@ -54,6 +70,7 @@ def register_modalities(register):
             build_tokenizer=build_tokenizer,
             default_data=default_data,
             config_defaults={"data.max_len": 512},
+            import_tokenizer=import_tokenizer,
         )
     )
 
