@@ -33,8 +33,17 @@ class TokenizerSection:
 
 
 @dataclass
+class SourceSection:
+    path: str = ""  # a file, folder or prepared dataset
+    weight: float = 1.0  # share of drawn documents, relative to the other sources
+    clusters: str | None = None  # TSV member_id<TAB>cluster_id: draw a cluster, then a member
+
+
+@dataclass
 class DataSection:
     paths: list[str] = field(default_factory=list)  # files, folders or prepared dirs; [] = bundled
+    sources: list[SourceSection] = field(default_factory=list)  # a weighted mixture instead of paths
+    clusters: str | None = None  # cluster TSV for the single-source case (UniRef-style sampling)
     max_len: int = 512  # tokens per row; longer documents are cropped (random window in training)
     batch_tokens: int = 8192  # tokens per micro-batch (rows = batch_tokens // max_len)
     pack: bool = True  # pack several documents per row (attention never crosses documents)

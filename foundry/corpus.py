@@ -16,7 +16,8 @@ import numpy as np
 
 from .config import RunConfig
 from .data.dataset import InMemoryTokens, TokenDataset
-from .errors import DataError
+from .data.order import ClusterOrder, ConcatTokens, DocumentOrder, MixtureOrder, ShuffledOrder, read_clusters
+from .errors import ConfigError, DataError
 from .modality import Modality
 from .data.manifest import is_prepared, open_prepared
 from .plugins import get_manager
@@ -29,6 +30,7 @@ class RunData:
     train: TokenDataset
     valid: TokenDataset
     sources: list[str]
+    order: DocumentOrder | None = None  # how training documents are drawn; None = shuffled
 
 
 def resolve_paths(cfg: RunConfig, modality: Modality) -> list[Path]:
@@ -37,11 +39,45 @@ def resolve_paths(cfg: RunConfig, modality: Modality) -> list[Path]:
 
 def load_run_data(cfg: RunConfig, modality: Modality, tokenizer=None) -> RunData:
     """``tokenizer``: the one a resumed run or an imported model already has (else built here)."""
-    paths = resolve_paths(cfg, modality)
+    if cfg.data.sources:
+        return _load_mixture(cfg, modality, tokenizer)
+    data = _load_source(resolve_paths(cfg, modality), cfg, modality, tokenizer)
+    data.order = _order(data, cfg.data.clusters, cfg.train.seed)
+    return data
+
+
+def _load_mixture(cfg: RunConfig, modality: Modality, tokenizer) -> RunData:
+    """Several sources drawn by weight; the tokenizer comes from the first (or tokenizer.path)."""
+    if cfg.data.paths:
+        raise ConfigError("data.paths and data.sources both given: use one of them")
+    parts = []
+    for i, source in enumerate(cfg.data.sources):
+        if not source.path:
+            raise ConfigError(f"data.sources[{i}].path: missing")
+        if not source.weight > 0:
+            raise ConfigError(f"data.sources[{i}].weight: must be a positive number, got {source.weight}")
+        part = _load_source([Path(source.path)], cfg, modality, tokenizer)
+        tokenizer = part.tokenizer
+        parts.append(part)
+    train = ConcatTokens([p.train for p in parts])
+    valid = ConcatTokens([p.valid for p in parts])
+    orders = [_order(p, s.clusters, cfg.train.seed + i) for i, (p, s) in enumerate(zip(parts, cfg.data.sources))]
+    order = MixtureOrder(orders, [s.weight for s in cfg.data.sources], train.offsets, cfg.train.seed)
+    return RunData(tokenizer, train, valid, [s.path for s in cfg.data.sources], order)
+
+
+def _order(data: RunData, clusters: str | None, seed: int) -> DocumentOrder:
+    if clusters is None:
+        return ShuffledOrder(len(data.train), seed)
+    valid_ids = {data.valid.record_id(i) for i in range(len(data.valid))}
+    return ClusterOrder(read_clusters(Path(clusters), data.train, known_elsewhere=valid_ids), seed)
+
+
+def _load_source(paths: list[Path], cfg: RunConfig, modality: Modality, tokenizer) -> RunData:
     if len(paths) == 1 and is_prepared(paths[0]):
         return _from_prepared(paths[0], tokenizer)
     if any(is_prepared(p) for p in paths):
-        raise DataError("a prepared dataset must be the only --data path")
+        raise DataError("a prepared dataset must be the only --data path (mix sources with data.sources)")
 
     readers = get_manager().reader_objects(modality.readers)
     documents = list(read_documents(paths, readers))

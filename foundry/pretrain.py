@@ -88,7 +88,8 @@ def pretrain(cfg: RunConfig, resume: Path | None = None) -> dict[str, Any]:
         torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed fixes
         model = build_model(cfg, modality, tokenizer)
 
-    stream = PackedStream(data.train, max_len=cfg.data.max_len, batch_tokens=cfg.data.batch_tokens, pad_id=tokenizer.pad_id, seed=cfg.train.seed, pack=cfg.data.pack)
+    stream = PackedStream(data.train, max_len=cfg.data.max_len, batch_tokens=cfg.data.batch_tokens, pad_id=tokenizer.pad_id,
+                          seed=cfg.train.seed, pack=cfg.data.pack, order=data.order)
     eval_batches = evaluation_batches(data.valid, max_len=cfg.data.max_len, batch_tokens=cfg.data.batch_tokens, pad_id=tokenizer.pad_id, limit=cfg.train.eval_batches)
 
     fresh = checkpoint is None

@@ -1,13 +1,15 @@
 """A deterministic stream of packed micro-batches, resumable from a small state.
 
-Documents are visited in a per-epoch permutation drawn from (seed, epoch). Each one is cropped
-to ``max_len`` (a random window in training, as ESM does, drawn from (seed, epoch, position)) and
-placed in the first row of the micro-batch with room left (first-fit). When a document fits no
-row, a random window of it fills the roomiest row's tail if at least ``max_len / 8`` tokens are
-free there; otherwise the micro-batch is complete and that document opens the next one. Padding
-therefore stays below 1/8 of every row. So the stream is a pure
-function of (seed, dataset lengths, settings), and ``StreamState`` — epoch, cursor, micro-batch
-count — is all a checkpoint needs to continue it exactly.
+Documents come in the order of a ``DocumentOrder`` (by default every document once per epoch
+in a permutation drawn from (seed, epoch); see ``order.py`` for cluster sampling and mixtures).
+Each one is cropped to ``max_len`` (a random window in training, as ESM does, drawn from
+(seed, number of documents drawn so far)) and placed in the first row of the micro-batch with
+room left (first-fit). When a document fits no row, a random window of it fills the roomiest
+row's tail if at least ``max_len / 8`` tokens are free there; otherwise the micro-batch is
+complete and that document opens the next one. Padding therefore stays below 1/8 of every row.
+
+The stream is a pure function of (seed, dataset lengths, settings), and ``state_dict()`` — documents drawn, micro-batch
+count, the order's position — is all a checkpoint needs to continue it exactly.
 
 With several processes, global micro-batch ``k`` belongs to rank ``k % world_size``; every rank
 plans the whole stream (cheap: lengths only) and reads tokens only for its own micro-batches.
@@ -23,12 +25,12 @@ import numpy as np
 import torch
 
 from .dataset import TokenDataset
+from .order import DocumentOrder, ShuffledOrder
 
 
 @dataclass
 class StreamState:
-    epoch: int = 0
-    cursor: int = 0  # next position in the epoch's permutation
+    drawn: int = 0  # documents taken so far (seeds each document's crop)
     micro_batches: int = 0  # global micro-batches emitted so far
 
     def to_dict(self) -> dict:
@@ -65,6 +67,7 @@ class PackedStream:
         seed: int,
         pack: bool = True,
         random_crop: bool = True,
+        order: DocumentOrder | None = None,
     ):
         if len(dataset) == 0:
             raise ValueError("cannot stream an empty dataset")
@@ -78,50 +81,43 @@ class PackedStream:
         # Shortest crop worth filling a row's tail with; bounds padding to < 1/8 of each row.
         self.min_piece = max(8, max_len // 8)
         self.lengths = np.asarray(dataset.lengths)
+        self.order = order if order is not None else ShuffledOrder(len(dataset), seed)
         self.state = StreamState()
-        self._order_epoch = -1
-        self._order = np.empty(0, dtype=np.int64)
 
     # -- state -------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return self.state.to_dict()
+        return {**self.state.to_dict(), "order": self.order.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.state = StreamState(**state)
+        self.state = StreamState(drawn=int(state["drawn"]), micro_batches=int(state["micro_batches"]))
+        self.order.load_state_dict(state["order"])
+
+    @property
+    def epoch(self) -> float:
+        return self.order.epoch
 
     # -- planning ----------------------------------------------------------------------------
 
-    def _order_for(self, epoch: int) -> np.ndarray:
-        if epoch != self._order_epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.lengths))
-            self._order_epoch = epoch
-        return self._order
-
-    def _piece(self, epoch: int, position: int) -> Piece:
-        doc = int(self._order_for(epoch)[position])
+    def _piece(self, doc: int) -> Piece:
         length = int(self.lengths[doc])
         if length <= self.max_len:
             return Piece(doc, 0, length)
         if not self.random_crop:
             return Piece(doc, 0, self.max_len)
-        start = int(np.random.default_rng([self.seed, epoch, position, 1]).integers(0, length - self.max_len + 1))
+        start = int(np.random.default_rng([self.seed, self.state.drawn, 1]).integers(0, length - self.max_len + 1))
         return Piece(doc, start, self.max_len)
 
-    def _crop(self, piece: Piece, length: int, epoch: int, position: int) -> Piece:
-        offset = int(np.random.default_rng([self.seed, epoch, position, 2]).integers(0, piece.length - length + 1))
+    def _crop(self, piece: Piece, length: int) -> Piece:
+        offset = int(np.random.default_rng([self.seed, self.state.drawn, 2]).integers(0, piece.length - length + 1))
         return Piece(piece.doc, piece.start + offset, length)
 
     def next_plan(self) -> list[list[Piece]]:
         """Advance the stream by one micro-batch and return its rows of pieces."""
         rows: list[list[Piece]] = [[] for _ in range(self.rows)]
         free = [self.max_len] * self.rows
-        state = self.state
         while True:
-            if state.cursor >= len(self.lengths):
-                state.epoch += 1
-                state.cursor = 0
-            piece = self._piece(state.epoch, state.cursor)
+            piece = self._piece(self.order.peek())
             if self.pack:
                 target = next((r for r in range(self.rows) if free[r] >= piece.length), None)
                 if target is None:
@@ -129,7 +125,7 @@ class PackedStream:
                     # leaving it padded; stop only when every row is nearly full.
                     roomiest = max(range(self.rows), key=lambda r: free[r])
                     if free[roomiest] >= self.min_piece:
-                        piece = self._crop(piece, free[roomiest], state.epoch, state.cursor)
+                        piece = self._crop(piece, free[roomiest])
                         target = roomiest
             else:
                 target = next((r for r in range(self.rows) if free[r] == self.max_len), None)
@@ -137,8 +133,9 @@ class PackedStream:
                 break
             rows[target].append(piece)
             free[target] -= piece.length
-            state.cursor += 1
-        state.micro_batches += 1
+            self.order.advance()
+            self.state.drawn += 1
+        self.state.micro_batches += 1
         return rows
 
     def materialize(self, rows: list[list[Piece]], index: int) -> Batch:
@@ -193,7 +190,7 @@ def evaluation_batches(dataset: TokenDataset, *, max_len: int, batch_tokens: int
 
 
 class _FixedPacker(PackedStream):
-    def __init__(self, dataset, max_len, rows, pad_id):  # noqa: D107 - reuse materialize only
+    def __init__(self, dataset, max_len, rows, pad_id):  # noqa: D107 - reuses materialize only
         self.dataset, self.max_len, self.rows, self.pad_id = dataset, max_len, rows, pad_id
 
 
