@@ -271,3 +271,11 @@ def test_train_tokenizer_command(manager, tmp_path):
     fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tok" / "tokenizer.json"))
     assert fast.vocab_size + len(fast.added_tokens_decoder) >= 800
     assert BpeTokenizer.load(tmp_path / "tok").vocab_size == 800
+
+
+def test_pickle_keeps_behaviour(tok):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(tok))
+    assert clone.fingerprint() == tok.fingerprint()
+    assert [x.tolist() for x in clone.encode_batch(TRICKY)] == [x.tolist() for x in tok.encode_batch(TRICKY)]

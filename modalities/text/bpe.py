@@ -228,6 +228,21 @@ class BpeTokenizer:
         """The wrapped ``tokenizers.Tokenizer`` (do not change it in place)."""
         return self._tk
 
+    def __getstate__(self) -> dict:
+        # tokenizers pickles only tokenizer.json, which lacks encode_special_tokens: rebuild
+        # through __init__ so a tokenizer sent to a worker process encodes exactly the same.
+        return {"tokenizer_json": self._tk.to_str(), "meta": self._meta()}
+
+    def __setstate__(self, state: dict) -> None:
+        meta = state["meta"]
+        self.__init__(  # type: ignore[misc]
+            Tokenizer.from_str(state["tokenizer_json"]),
+            meta["special_tokens"],
+            add_bos=meta["add_bos"],
+            add_eos=meta["add_eos"],
+            extra_special_tokens=meta.get("extra_special_tokens", ()),
+        )
+
     def __repr__(self) -> str:
         return f"BpeTokenizer(vocab_size={self.vocab_size}, specials={self._roles})"
 
