@@ -5,3 +5,5 @@ def add_protein_commands(cli):
     from foundry.cli_common import modality_group
 
     cli.add_command(modality_group("protein"))
+    cli.commands["protein"].add_command(__import__("modalities.protein.embed_cmd", fromlist=["_"]).embed_command)
+    cli.commands["protein"].add_command(__import__("modalities.protein.embed_cmd", fromlist=["_"]).contacts_command)

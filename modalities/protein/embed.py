@@ -1,0 +1,321 @@
+"""Protein model inference over many sequences: embeddings (the job of fair-esm's ``esm-extract``)
+and attention contact maps. The commands are in ``embed_cmd.py``.
+
+    pm = load_protein_model("esm2_t6_8M.pt")              # fair-esm .pt, HF ESM dir or foundry dir
+    for i, reps in embed_sequences(pm, seqs, layers=[-1], batch_tokens=4096):
+        reps[6]                                           # (L, D) per-residue, <cls>/<eos> dropped
+
+Batching: sequences are sorted by length and cut into batches of at most ``batch_tokens`` padded
+tokens (count x longest, <cls> and <eos> included), as fair-esm's ``get_batch_indices`` does, so
+neighbours in a batch have nearly the same length and padding stays small. Results come back in
+input order of each batch's members; padding never changes them (the trunk masks padded keys).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from foundry.errors import CheckpointError, FoundryError
+
+from .alphabet import EsmTokenizer
+
+
+@dataclass
+class ProteinModel:
+    model: torch.nn.Module  # foundry Transformer, eval mode, on ``device``
+    tokenizer: EsmTokenizer
+    source: str
+    device: torch.device
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FoundryError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise FoundryError(f"--device {device!r}: {exc}") from None
+
+
+def load_protein_model(spec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ProteinModel:
+    """A protein LM from a foundry model dir, a fair-esm ``.pt`` or an HF ESM dir, with its tokenizer."""
+    from foundry.convert import detect_format, import_model, resolve_model_path
+
+    path = resolve_model_path(spec)
+    tokenizer = None
+    if detect_format(path) == "foundry":
+        from foundry.model.store import load_model
+
+        loaded = load_model(path)
+        if loaded.modality != "protein":
+            raise CheckpointError(f"{path}: a {loaded.modality!r} model, expected a protein model")
+        model, tokenizer = loaded.model, loaded.tokenizer
+    else:
+        model = import_model(path).model
+    tokenizer = tokenizer or EsmTokenizer()
+    if not isinstance(tokenizer, EsmTokenizer) or model.config.vocab_size != tokenizer.vocab_size:
+        raise CheckpointError(f"{path}: not an ESM-alphabet protein model (vocab {model.config.vocab_size})")
+    device = pick_device(device) if isinstance(device, str) else device
+    model = model.to(device=device, dtype=dtype).eval()
+    return ProteinModel(model, tokenizer, str(path), device)
+
+
+def resolve_layers(layers: Sequence[int], n_layer: int) -> list[int]:
+    """fair-esm's convention: 0 = embeddings, n_layer = last (after the final norm), -1 = last."""
+    out = []
+    for layer in layers:
+        if not -(n_layer + 1) <= layer <= n_layer:
+            raise FoundryError(f"--layers {layer}: this model has layers 0..{n_layer} (or -1..-{n_layer + 1})")
+        absolute = layer % (n_layer + 1)
+        if absolute not in out:
+            out.append(absolute)
+    return out
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int, extra: int = 2) -> list[list[int]]:
+    """Indices grouped by sorted length so that count * (longest + extra) <= batch_tokens.
+
+    A sequence longer than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current = [], []
+    for i in order:
+        width = lengths[i] + extra  # ascending order: the newest member is the longest
+        if current and width * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _tokens(pm: ProteinModel, sequences: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+    from foundry.tokenizer import pad_batch
+
+    ids = pm.tokenizer.encode_batch(sequences)
+    tokens = torch.from_numpy(pad_batch(ids, pm.tokenizer.pad_id)).to(pm.device)
+    return tokens, [len(x) - 2 for x in ids]
+
+
+@torch.no_grad()
+def embed_sequences(pm: ProteinModel, sequences: Sequence[str], layers: Sequence[int] = (-1,),
+                    batch_tokens: int = 4096) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
+    """Yield (input index, {layer: (L, D) float32 CPU tensor}) for every sequence, batch by batch."""
+    layer_ids = resolve_layers(layers, pm.model.config.n_layer)
+    lengths = [len(s) for s in sequences]
+    for batch in length_batches(lengths, batch_tokens):
+        tokens, residues = _tokens(pm, [sequences[i] for i in batch])
+        out = pm.model(tokens, need_hidden=layer_ids, need_logits=False)
+        hidden = {k: v.float().cpu() for k, v in out.hidden_states.items()}
+        for row, i in enumerate(batch):
+            n = residues[row]
+            yield i, {k: hidden[k][row, 1 : n + 1] for k in layer_ids}
+
+
+@torch.no_grad()
+def predict_contacts(pm: ProteinModel, sequences: Sequence[str], batch_tokens: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (input index, (L, L) float32 contact probabilities) through the attached contact head."""
+    if pm.model.contact_head is None:
+        raise CheckpointError(
+            f"{pm.source}: this model has no contact head (import a fair-esm checkpoint with its "
+            "-contact-regression.pt beside it, or an HF EsmForMaskedLM with contact_head weights)"
+        )
+    lengths = [len(s) for s in sequences]
+    for batch in length_batches(lengths, batch_tokens):
+        tokens, residues = _tokens(pm, [sequences[i] for i in batch])
+        probs = pm.model.predict_contacts(tokens).float().cpu().numpy()
+        for row, i in enumerate(batch):
+            n = residues[row]
+            yield i, probs[row, :n, :n]
+
+
+# -- files --------------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_names(ids: Sequence[str]) -> list[str]:
+    """File-name stems for record ids (``sp|P69905|HBA_HUMAN`` -> ``sp_P69905_HBA_HUMAN``), unique."""
+    seen: dict[str, int] = {}
+    out = []
+    for rid in ids:
+        stem = _UNSAFE.sub("_", rid).strip("._") or "record"
+        stem = stem[:150]
+        n = seen.get(stem.lower(), 0)
+        seen[stem.lower()] = n + 1
+        out.append(stem if n == 0 else f"{stem}__{n + 1}")
+    return out
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """(H, W, 3) uint8 RGB -> PNG, with zlib only (no imaging dependency)."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w, _ = image.shape
+    raw = b"".join(b"\x00" + image[row].tobytes() for row in range(h))  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def contact_image(probs: np.ndarray, truth: np.ndarray | None = None, min_side: int = 400) -> np.ndarray:
+    """Predicted probabilities as white -> dark blue; with ``truth``, the lower triangle shows the
+    true contacts (black), unknown pairs (light grey) and the upper triangle the prediction."""
+    p = np.clip(np.nan_to_num(np.asarray(probs, dtype=np.float64)), 0, 1)
+    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    img = white + p[..., None] * (blue - white)
+    if truth is not None:
+        lower = np.tril(np.ones(p.shape, dtype=bool), k=-1)
+        img[lower & (truth == 1)] = (0, 0, 0)
+        img[lower & (truth == 0)] = (255, 255, 255)
+        img[lower & (truth < 0)] = (220, 220, 220)
+    scale = max(1, -(-min_side // max(1, p.shape[0])))
+    img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+    return img.round().astype(np.uint8)
+
+
+# -- the two jobs behind the commands -----------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    seq = "".join(text.split())
+    return seq[:-1] if seq.endswith("*") else seq
+
+
+def read_records(path: Path, truncate: int | None = None) -> tuple[list[str], list[str]]:
+    """(ids, sequences) of a FASTA file; duplicate ids are an error (outputs are keyed by id)."""
+    from foundry.errors import DataError
+
+    from .fasta import read_fasta
+
+    ids, seqs, first = [], [], {}
+    for number, doc in enumerate(read_fasta(path), start=1):
+        if doc.id in first:
+            raise DataError(f"{path}: record {number} has the id {doc.id!r} of record {first[doc.id]}; "
+                            "outputs are keyed by record id, so ids must be unique")
+        first[doc.id] = number
+        seq = _clean(doc.text)
+        ids.append(doc.id)
+        seqs.append(seq[:truncate] if truncate else seq)
+    return ids, seqs
+
+
+def run_embed(pm: ProteinModel, fasta: Path, out: Path, layers: Sequence[int], fmt: str = "safetensors",
+              per_residue: bool = True, batch_tokens: int = 4096, truncate: int | None = None,
+              progress=None) -> dict:
+    """Write embeddings of every record of ``fasta`` to the directory ``out`` (atomically).
+
+    out/index.json                 model, layers, format, records [{id, file, length}] (written last)
+    out/mean.safetensors           key = record id -> (n_layers, D) mean over residues
+      or mean.npy                  (N, n_layers, D), rows in index.json order
+    out/per_residue/<file>.safetensors   keys "layer_<n>" -> (L, D)      (--per-residue)
+      or per_residue/<file>.npy          (n_layers, L, D)
+    """
+    import json
+
+    from foundry.model.store import atomic_directory
+
+    ids, seqs = read_records(fasta, truncate)
+    layer_ids = resolve_layers(layers, pm.model.config.n_layer)
+    names = safe_names(ids)
+    dim = pm.model.config.d_model
+    means = np.zeros((len(ids), len(layer_ids), dim), dtype=np.float32)
+    lengths = [0] * len(ids)
+    with atomic_directory(out) as tmp:
+        if per_residue:
+            (tmp / "per_residue").mkdir()
+        for i, reps in embed_sequences(pm, seqs, layer_ids, batch_tokens):
+            stacked = torch.stack([reps[k] for k in layer_ids])  # (n_layers, L, D)
+            lengths[i] = stacked.shape[1]
+            means[i] = stacked.mean(dim=1).numpy()
+            if per_residue:
+                _save(tmp / "per_residue" / names[i], {f"layer_{k}": reps[k] for k in layer_ids}, stacked, fmt)
+            if progress is not None:
+                progress(1)
+        if fmt == "safetensors":
+            from safetensors.numpy import save_file
+
+            save_file({rid: means[i] for i, rid in enumerate(ids)}, str(tmp / "mean.safetensors"),
+                      metadata={"layers": json.dumps(layer_ids)})
+        else:
+            np.save(tmp / "mean.npy", means)
+        index = {
+            "model": pm.source, "layers": layer_ids, "dim": dim, "format": fmt, "per_residue": per_residue,
+            "truncate": truncate,
+            "records": [{"id": rid, "file": names[i], "length": lengths[i]} for i, rid in enumerate(ids)],
+        }
+        (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    return index
+
+
+def _save(stem: Path, tensors: dict[str, torch.Tensor], stacked: torch.Tensor, fmt: str) -> None:
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(stem) + ".safetensors")
+    else:
+        np.save(str(stem) + ".npy", stacked.numpy())
+
+
+@dataclass
+class ContactItem:
+    name: str
+    sequence: str
+    labels: object | None = None  # StructureLabels when the input was a structure
+
+
+def contact_inputs(path: Path, chain: str | None = None) -> list[ContactItem]:
+    """FASTA records, or the chains of a structure file / folder (with their true contacts)."""
+    from .structures import is_structure_file, read_structures
+
+    if path.is_dir() or is_structure_file(path):
+        return [ContactItem(lab.name, lab.sequence, lab) for lab in read_structures(path, chain=chain)]
+    if chain is not None:
+        raise FoundryError("--chain applies to structure input (PDB/mmCIF), not to FASTA")
+    ids, seqs = read_records(path)
+    return [ContactItem(n, s) for n, s in zip(safe_names(ids), seqs)]
+
+
+def run_contacts(pm: ProteinModel, items: list[ContactItem], out: Path, batch_tokens: int = 4096,
+                 echo=print) -> list[dict]:
+    """Write <name>.npy (L, L) probabilities and <name>.png per item; metrics for structures."""
+    import json
+
+    from foundry.model.store import atomic_directory
+
+    from .contact_metrics import contact_precisions, format_metrics
+
+    rows = []
+    with atomic_directory(out) as tmp:
+        for i, probs in predict_contacts(pm, [it.sequence for it in items], batch_tokens):
+            it = items[i]
+            np.save(tmp / f"{it.name}.npy", probs.astype(np.float32))
+            truth = it.labels.contacts if it.labels is not None else None
+            write_png(tmp / f"{it.name}.png", contact_image(probs, truth))
+            if truth is not None:
+                metrics = contact_precisions(probs, truth)
+                rows.append({"name": it.name, "length": len(it.sequence), **metrics})
+                echo(f"{it.name}  L={len(it.sequence)}  {format_metrics(metrics)}")
+        if rows:
+            keys = [k for k in rows[0] if k not in ("name", "length")]
+            lines = ["\t".join(["name", "length", *keys])]
+            lines += ["\t".join([r["name"], str(r["length"]), *(f"{r[k]:.4f}" for k in keys)]) for r in rows]
+            (tmp / "metrics.tsv").write_text("\n".join(lines) + "\n")
+            mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+            (tmp / "metrics.json").write_text(json.dumps({"mean": mean, "structures": rows}, indent=1) + "\n")
+            if len(rows) > 1:
+                echo(f"mean over {len(rows)} structures  {format_metrics(mean)}")
+    return rows
