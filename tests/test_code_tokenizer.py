@@ -106,3 +106,30 @@ def test_sample_is_a_prefix_of_the_hash_ranking():
         shuffled = docs[:]
         random.Random(seed).shuffle(shuffled)
         assert sample_for_training(shuffled, max_bytes=8_000) == reference
+
+
+def test_code_train_tokenizer_command(tmp_path, monkeypatch):
+    import click
+    from click.testing import CliRunner
+
+    import foundry.plugins
+    from modalities.text import plugin as text_plugin
+
+    manager = PluginManager()
+    manager.register_plugin(text_plugin, "text")
+    manager.register_plugin(code_plugin, "code")
+    monkeypatch.setattr(foundry.plugins, "_manager", manager)
+
+    @click.group()
+    def cli():
+        pass
+
+    manager.add_commands(cli)
+    tree = tmp_path / "src"
+    tree.mkdir()
+    for name in ("json", "csv", "ast"):
+        (tree / f"{name}.py").write_bytes((STDLIB / f"{name}.py" if (STDLIB / f"{name}.py").exists() else STDLIB / name / "__init__.py").read_bytes())
+    result = CliRunner().invoke(cli, ["code", "train-tokenizer", str(tree), "-o", str(tmp_path / "tok"), "--vocab-size", "500"])
+    assert result.exit_code == 0, result.output
+    tok = BpeTokenizer.load(tmp_path / "tok")
+    assert tok.vocab_size == 500 and tok.fim_ids["fim_prefix"] == 4
