@@ -17,6 +17,7 @@ _CHOICES = {
     "mlp": ("gelu", "gelu_tanh", "swiglu"),
     "pos": ("rope", "learned"),
     "lm_head": ("esm", "linear"),
+    "attn_impl": ("auto", "sdpa", "documents", "varlen", "flex"),  # foundry/model/attention.py
 }
 
 
@@ -46,6 +47,7 @@ class ModelConfig:
     pad_id: int | None = None
     mask_id: int | None = None
     dropout: float = 0.0
+    attn_impl: str = "auto"  # packed rows: sdpa (dense mask) | documents | varlen | flex; auto picks
     init_std: float = 0.02
     source: str = ""  # where the shapes come from (paper, model card, config.json)
 

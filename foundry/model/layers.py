@@ -12,7 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from .attention import attend
 from .config import ModelConfig
+from .masks import AttentionSpec
 
 
 class RMSNorm(nn.Module):
@@ -78,24 +80,34 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,  # (B, T, D)
         rope: tuple[torch.Tensor, torch.Tensor] | None,
-        mask: torch.Tensor | None,  # (B, 1, T, T) bool, True = may attend; None = no mask
+        mask: AttentionSpec | torch.Tensor | None,  # a spec, or (B, 1, T, T) bool (True = may attend) / None
         is_causal: bool,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", d=self.head_dim)
-        k = rearrange(self.k_proj(x), "b t (k d) -> b k t d", d=self.head_dim)
-        v = rearrange(self.v_proj(x), "b t (k d) -> b k t d", d=self.head_dim)
+        # (B, T, heads, d): the projections' own layout, so per-document and varlen kernels can
+        # flatten (B*T) without a copy; rope tables (B, 1, T, d) are read as (B, T, 1, d).
+        q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
+        k = rearrange(self.k_proj(x), "b t (k d) -> b t k d", d=self.head_dim)
+        v = rearrange(self.v_proj(x), "b t (k d) -> b t k d", d=self.head_dim)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            cos, sin = (r.transpose(1, 2) for r in rope)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         p = self.dropout if self.training else 0.0
-        if not need_weights:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p, enable_gqa=self.n_kv != self.n_head
-            )
-            weights = None
+        if isinstance(mask, AttentionSpec) and not need_weights:
+            y, weights = attend(q, k, v, mask, p), None
         else:
-            y, weights = self._explicit(q, k, v, mask, is_causal, p)
-        return self.o_proj(rearrange(y, "b h t d -> b t (h d)")), weights
+            if isinstance(mask, AttentionSpec):
+                mask, is_causal = mask.dense()
+            q, k, v = (rearrange(z, "b t h d -> b h t d") for z in (q, k, v))
+            if not need_weights:
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p, enable_gqa=self.n_kv != self.n_head
+                )
+                weights = None
+            else:
+                y, weights = self._explicit(q, k, v, mask, is_causal, p)
+            y = rearrange(y, "b h t d -> b t h d")
+        return self.o_proj(rearrange(y, "b t h d -> b t (h d)")), weights
 
     def _explicit(self, q, k, v, mask, is_causal, p):
         """Attention with the probabilities materialised (B, H, T, T): for contact maps and probes."""

@@ -96,11 +96,12 @@ class Transformer(nn.Module):
             raise ValueError(f"need_hidden: layer indices {bad} outside 0..{cfg.n_layer}")
         hidden = {0: x} if 0 in need_hidden else {}
 
-        mask, is_causal = masks.attention_mask(attention_mask, document_ids, cfg.causal, t, tokens.device, cfg.sliding_window)
+        # Who may attend to whom; each layer's attention picks its kernel from it (attention.py).
+        spec = masks.AttentionSpec(attention_mask, document_ids, cfg.causal, t, tokens.device, cfg.sliding_window, cfg.attn_impl)
         rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype) if cfg.pos == "rope" else None
         weights = []
         for i, block in enumerate(self.blocks, start=1):
-            x, w = block(x, rope, mask, is_causal, need_attention)
+            x, w = block(x, rope, spec, cfg.causal, need_attention)
             if i in need_hidden:
                 hidden[i] = x
             if need_attention:
