@@ -100,12 +100,14 @@ class BpeTokenizer:
         special |= {i for i in self._role_ids.values() if i is not None}
         self._special_ids = tuple(sorted(special))
         self._maskable_ids: tuple[int, ...] | None = None
+        # Ids may have holes in imported vocabularies: the embedding must cover the largest one.
+        self._vocab_size = max(tokenizer.get_vocab_size(with_added_tokens=True), max(added, default=-1) + 1)
 
     # -- the Tokenizer protocol ----------------------------------------------------------------
 
     @property
     def vocab_size(self) -> int:
-        return self._tk.get_vocab_size(with_added_tokens=True)
+        return self._vocab_size
 
     @property
     def pad_id(self) -> int:
