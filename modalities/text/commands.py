@@ -8,4 +8,5 @@ def add_text_commands(cli):
 
     group = modality_group("text")
     group.add_command(train_tokenizer_command("text"))
+    __import__("modalities.text.finetune_cmd", fromlist=["_"]).add_finetune_commands(group)
     cli.add_command(group)

@@ -1,0 +1,314 @@
+"""Labelled data for fine-tuning: tables or modality files (+ a labels file) -> encoded examples.
+
+Inputs, per split (``--train``, ``--valid``, ``--test``):
+
+- a table, ``.csv`` / ``.tsv`` (optionally ``.gz``), with a header row: a sequence column, a label
+  column and optionally an ``id`` column (names are options);
+- any file the modality reads (FASTA for proteins) plus a labels file: a table with ``id`` and
+  label columns, a FASTA-style file of labels keyed by record id (FLIP's layout), or one label per
+  line in record order;
+- for ``variant-effect``: a table of mutation strings (``A24G``, ``A24G:T50S``) of the wild type.
+
+Every problem is one ``DataError`` naming the file and the line (tables) or record (FASTA).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .tasks import IGNORE, LabelInfo, Task
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".csv.gz", ".tsv.gz", ".tab.gz")
+MUTATION_COLUMNS = ("mutation", "mutations", "mutant", "variant")
+WILDTYPE_NAMES = {"", "wt", "_wt", "wildtype", "wild-type"}
+_MUTATION = re.compile(r"^([A-Za-z])(\d+)([A-Za-z])$")
+
+
+@dataclass
+class Record:
+    """One input row before its label is encoded."""
+
+    id: str
+    sequence: str
+    label: str | None
+    where: str  # "FILE: line 12" / "FILE: record 3 'P12345'", for messages
+
+
+@dataclass
+class Example:
+    id: str
+    sequence: str
+    tokens: np.ndarray  # (T,) int64 with the tokenizer's special tokens
+    target: np.ndarray | None  # per task level: (k,), (T,) or (T, T); IGNORE where unlabelled
+    where: str = ""
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor  # (B, T) long, padded with pad_id
+    targets: torch.Tensor | None  # (B, k) | (B, T) | (B, T, T)
+    index: list[int]  # positions of the examples in their split
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def is_table(path: Path) -> bool:
+    return path.name.lower().endswith(TABLE_SUFFIXES)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file")
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt", encoding="utf-8", newline="") if gz else open(path, encoding="utf-8", newline="")
+
+
+def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(columns, [(line number, row)]) of a CSV/TSV file with a header row."""
+    name = path.name.lower().removesuffix(".gz")
+    try:
+        with _open_text(path) as handle:
+            text = handle.read()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text table ({exc.reason} at byte {exc.start})") from None
+    first = text.split("\n", 1)[0]
+    delimiter = "\t" if name.endswith((".tsv", ".tab")) or ("\t" in first and "," not in first) else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    if not columns:
+        raise DataError(f"{path}: empty file (expected a header row naming the columns)")
+    reader.fieldnames = columns
+    rows = []
+    for row in reader:
+        if None in row:  # more fields than header columns
+            raise DataError(f"{path}: line {reader.line_num}: {len(columns) + len(row[None])} fields, the header has {len(columns)}")
+        if all(v is None or not v.strip() for v in row.values()):
+            continue
+        rows.append((reader.line_num, {k: (v or "") for k, v in row.items()}))
+    return columns, rows
+
+
+def _column(path: Path, columns: list[str], wanted: str, what: str, fallbacks: Sequence[str] = ()) -> str:
+    for name in (wanted, *fallbacks):
+        if name in columns:
+            return name
+    raise DataError(f"{path}: no {what} column {wanted!r}; the columns are: {', '.join(columns)} "
+                    f"(choose one with --{what}-column)")
+
+
+def read_records(
+    path: Path,
+    *,
+    readers: Sequence[Any] = (),
+    sequence_column: str = "sequence",
+    label_column: str | None = "label",
+    id_column: str = "id",
+    labels_path: Path | None = None,
+    wildtype: str | None = None,
+    wildtype_start: int = 1,
+    mutation_column: str = "mutation",
+) -> list[Record]:
+    """The records of one split. ``label_column=None``: no labels (prediction input)."""
+    path = Path(path)
+    if wildtype is not None:
+        records = _mutation_records(path, wildtype, wildtype_start, mutation_column, label_column, id_column)
+    elif is_table(path):
+        records = _table_records(path, sequence_column, label_column, id_column)
+    else:
+        records = _reader_records(path, readers)
+        if label_column is not None:
+            if labels_path is None:
+                raise DataError(f"{path}: sequence files carry no labels; give a labels file too (e.g. --train-labels), "
+                                "or use a CSV/TSV table with sequence and label columns")
+            _attach_labels(records, Path(labels_path), label_column, id_column)
+    if not records:
+        raise DataError(f"{path}: no rows (an empty split)")
+    return records
+
+
+def _table_records(path, sequence_column, label_column, id_column) -> list[Record]:
+    columns, rows = read_table(path)
+    seq_col = _column(path, columns, sequence_column, "sequence")
+    label_col = _column(path, columns, label_column, "label") if label_column is not None else None
+    records = []
+    for line, row in rows:
+        rid = row.get(id_column, "").strip() or f"{path.name}:{line}"
+        where = f"{path}: line {line}" + (f" (id {rid!r})" if id_column in row else "")
+        seq = row[seq_col].strip()
+        if not seq:
+            raise DataError(f"{where}: empty sequence")
+        records.append(Record(rid, seq, row[label_col] if label_col else None, where))
+    return records
+
+
+def _reader_records(path: Path, readers) -> list[Record]:
+    from ..readers import read_documents
+
+    return [Record(doc.id, doc.text, None, f"{path}: record {i} {doc.id!r}") for i, doc in enumerate(read_documents([path], readers), 1)]
+
+
+def _attach_labels(records: list[Record], labels_path: Path, label_column: str, id_column: str) -> None:
+    """Labels by id (a table or a '>id' file) or by position (one per line)."""
+    if is_table(labels_path):
+        columns, rows = read_table(labels_path)
+        id_col = _column(labels_path, columns, id_column, "id")
+        label_col = _column(labels_path, columns, label_column, "label")
+        by_id = {row[id_col].strip(): row[label_col] for _, row in rows}
+    else:
+        with _open_text(labels_path) as handle:
+            lines = handle.read().splitlines()
+        if any(line.startswith(">") for line in lines[:1]):
+            by_id, current = {}, None
+            for line in lines:
+                if line.startswith(">"):
+                    current = line[1:].split(None, 1)[0] if line[1:].strip() else ""
+                    by_id[current] = ""
+                elif current is not None:
+                    by_id[current] += line.strip()
+        else:
+            values = [line.strip() for line in lines if line.strip()]
+            if len(values) != len(records):
+                raise DataError(f"{labels_path}: {len(values)} labels for {len(records)} records (one label per line, in record order)")
+            for record, value in zip(records, values):
+                record.label = value
+            return
+    for record in records:
+        if record.id not in by_id:
+            raise DataError(f"{record.where}: no label for this id in {labels_path}")
+        record.label = by_id[record.id]
+
+
+def _mutation_records(path, wildtype, start, mutation_column, label_column, id_column) -> list[Record]:
+    if not is_table(path):
+        raise DataError(f"{path}: variant-effect input must be a CSV/TSV table with a mutation column")
+    columns, rows = read_table(path)
+    fallbacks = [c for c in MUTATION_COLUMNS if c != mutation_column]
+    mut_col = _column(path, columns, mutation_column, "mutation", fallbacks)
+    label_col = _column(path, columns, label_column, "label") if label_column is not None else None
+    records = []
+    for line, row in rows:
+        where = f"{path}: line {line}"
+        mutations = row[mut_col].strip()
+        seq = apply_mutations(wildtype, mutations, start, where)
+        rid = row.get(id_column, "").strip() or mutations or "WT"
+        records.append(Record(rid, seq, row[label_col] if label_col else None, where))
+    return records
+
+
+def apply_mutations(wildtype: str, mutations: str, start: int = 1, where: str = "") -> str:
+    """``"A24G:T50S"`` (or comma-separated) applied to ``wildtype`` whose first residue is number
+    ``start``. The wild-type letter of every mutation must match."""
+    if mutations.strip().lower() in WILDTYPE_NAMES:
+        return wildtype
+    seq = list(wildtype)
+    for part in re.split(r"[:,;+]", mutations):
+        part = part.strip()
+        match = _MUTATION.match(part)
+        if not match:
+            raise DataError(f"{where}: mutation {part!r} is not of the form A24G (wild-type letter, position, new letter)")
+        wt, pos, new = match.group(1).upper(), int(match.group(2)), match.group(3).upper()
+        i = pos - start
+        if not 0 <= i < len(wildtype):
+            raise DataError(f"{where}: mutation {part!r}: position {pos} is outside the wild type (residues {start}..{start + len(wildtype) - 1})")
+        if wildtype[i].upper() != wt:
+            raise DataError(f"{where}: mutation {part!r} does not match the wild type: position {pos} is {wildtype[i]!r}, not {wt!r}")
+        seq[i] = new
+    return "".join(seq)
+
+
+# -- encoding -----------------------------------------------------------------------------------
+
+
+def special_layout(tokenizer) -> tuple[int, int]:
+    """How many special tokens ``encode`` puts before and after the body (e.g. <cls> ... <eos>)."""
+    bare = tokenizer.encode("", add_special_tokens=True)
+    front = 1 if len(bare) and tokenizer.bos_id is not None and int(bare[0]) == tokenizer.bos_id else 0
+    return front, len(bare) - front
+
+
+def encode_records(records: list[Record], tokenizer, task: Task, info: LabelInfo | None, max_len: int) -> list[Example]:
+    """Tokenize and encode labels; bodies longer than ``max_len`` tokens are cut (labels too)."""
+    front, back = special_layout(tokenizer)
+    examples = []
+    for record in records:
+        try:
+            body = np.asarray(tokenizer.encode(record.sequence, add_special_tokens=False), dtype=np.int64)
+        except DataError as exc:
+            raise DataError(f"{record.where}: {exc}") from None
+        if len(body) == 0:
+            raise DataError(f"{record.where}: empty sequence")
+        target = None
+        if info is not None and record.label is not None:
+            target = task.encode(record.label, len(body), record.where, info)
+        keep = min(len(body), max_len - front - back)
+        full = np.asarray(tokenizer.encode(record.sequence, add_special_tokens=True), dtype=np.int64)
+        tokens = np.concatenate([full[:front], body[:keep], full[len(full) - back:]]) if back else np.concatenate([full[:front], body[:keep]])
+        if target is not None:
+            target = _align(task.level, target, keep, front, len(tokens))
+        examples.append(Example(record.id, record.sequence, tokens, target, record.where))
+    return examples
+
+
+def _align(level: str, target: np.ndarray, keep: int, front: int, length: int) -> np.ndarray:
+    """Per-residue / per-pair targets placed at their token positions, IGNORE on special tokens."""
+    if level == "residue":
+        out = np.full(length, IGNORE, dtype=target.dtype)
+        out[front : front + keep] = target[:keep]
+        return out
+    if level == "pair":
+        out = np.full((length, length), IGNORE, dtype=target.dtype)
+        out[front : front + keep, front : front + keep] = target[:keep, :keep]
+        return out
+    return target
+
+
+# -- batching -----------------------------------------------------------------------------------
+
+
+def collate(examples: list[Example], index: list[int], pad_id: int, level: str) -> Batch:
+    width = max(len(e.tokens) for e in examples)
+    tokens = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    for row, e in enumerate(examples):
+        tokens[row, : len(e.tokens)] = torch.from_numpy(e.tokens)
+    targets = None
+    if examples[0].target is not None:
+        if level == "sequence":
+            targets = torch.from_numpy(np.stack([e.target for e in examples]))
+        elif level == "residue":
+            targets = torch.full((len(examples), width), IGNORE, dtype=torch.from_numpy(examples[0].target).dtype)
+            for row, e in enumerate(examples):
+                targets[row, : len(e.target)] = torch.from_numpy(e.target)
+        else:
+            targets = torch.full((len(examples), width, width), IGNORE, dtype=torch.float32)
+            for row, e in enumerate(examples):
+                n = len(e.target)
+                targets[row, :n, :n] = torch.from_numpy(e.target)
+    return Batch(tokens, targets, index)
+
+
+def batches(examples: list[Example], batch_size: int, pad_id: int, level: str, *, seed: int | None = None, epoch: int = 0) -> list[Batch]:
+    """Training (``seed`` given): a per-epoch shuffle drawn from (seed, epoch). Evaluation: sorted
+    by length (less padding), predictions are put back in input order by ``Batch.index``."""
+    if seed is not None:
+        order = np.random.default_rng([seed, epoch]).permutation(len(examples)).tolist()
+    else:
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
+    out = []
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        out.append(collate([examples[i] for i in idx], idx, pad_id, level))
+    return out

@@ -1,0 +1,68 @@
+"""``predict``: a fine-tuned model directory + sequences -> ``id,sequence,prediction`` CSV.
+
+Per-residue tasks write the predicted state string (as long as the sequence); classification
+writes the label name and one ``p_<label>`` probability column per class; regression the value.
+Input: a CSV/TSV table with a sequence column (and optional id), a file the modality reads
+(FASTA), or for variant-effect models a table of mutations of the stored wild type.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import atomic_write_text
+from ..plugins import get_manager
+from .data import encode_records, read_records, special_layout
+from .loop import predict_logits
+from .store import FinetunedModel, load_finetuned
+
+
+def load_for_prediction(model_dir: Path, tokenizer_path: str | None = None) -> FinetunedModel:
+    from .run import ModelOptions, load_trunk
+    from .store import read_finetuned_meta
+
+    meta = read_finetuned_meta(model_dir)
+    modality = get_manager().modality(meta["modality"])
+    return load_finetuned(model_dir, load_base=lambda spec: load_trunk(modality, ModelOptions(source=spec, tokenizer=tokenizer_path), 0))
+
+
+def predict_file(model_dir: Path, input_path: Path, output: Path, *, sequence_column: str | None = None, id_column: str | None = None,
+                 batch_size: int = 16, tokenizer_path: str | None = None) -> int:
+    """Write predictions for every record of ``input_path``; returns how many."""
+    ft = load_for_prediction(Path(model_dir), tokenizer_path)
+    meta = ft.meta
+    modality = get_manager().modality(meta["modality"])
+    if hasattr(ft.task, "ignore_char"):
+        ft.task.ignore_char = meta.get("ignore_label", ".")
+    records = read_records(
+        Path(input_path), readers=get_manager().reader_objects(modality.readers),
+        sequence_column=sequence_column or meta.get("sequence_column", "sequence"), label_column=None,
+        id_column=id_column or meta.get("id_column", "id"), wildtype=meta.get("wildtype") if ft.task.needs_wildtype else None,
+        wildtype_start=meta.get("wildtype_start", 1), mutation_column=meta.get("mutation_column", "mutation"),
+    )
+    examples = encode_records(records, ft.tokenizer, ft.task, None, meta.get("max_len", 1024))
+    logits = predict_logits(ft.model, examples, batch_size, ft.tokenizer.pad_id, ft.task.level)
+    front, _ = special_layout(ft.tokenizer)
+    rows = []
+    for example, out in zip(examples, logits):
+        if ft.task.level != "sequence":  # drop the special tokens: one output per residue
+            n = len(example.tokens) - len(ft.tokenizer.encode("", add_special_tokens=True))
+            out = out[front : front + n] if ft.task.level == "residue" else out[front : front + n, front : front + n]
+        rows.append({"id": example.id, "sequence": example.sequence, **ft.task.describe(np.asarray(out), ft.labels)})
+    columns = list(rows[0]) if rows else ["id", "sequence", "prediction"]
+    _write_csv(Path(output), columns, rows)
+    return len(rows)
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, buffer.getvalue())

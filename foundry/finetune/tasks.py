@@ -1,0 +1,321 @@
+"""Fine-tuning tasks: what a label is, which head reads the trunk, which loss and metrics apply.
+
+A task is registered by name (``register_task``); the built-ins are below, and a plugin adds its
+own the same way (a contact-map task from structures, a new per-residue property)::
+
+    sequence-regression        one number per sequence        pooled embedding -> MLP -> 1
+    sequence-classification    one class per sequence         pooled embedding -> MLP -> C
+                               (multi-label: "a;b" labels)    (sigmoid per label, BCE)
+    residue-classification     one class per residue          token embedding -> MLP -> C
+                               ("HHEEC..." as long as the sequence; '.' = no label)
+    variant-effect             one score per mutant of a      pooled embedding -> MLP -> 1
+                               wild type ("A24G:T50S")
+    contact                    residue pairs in contact        pairwise head on token embeddings
+                               ("3-17;5-40", 1-based)
+
+A task never reads files: ``foundry.finetune.data`` parses rows and calls ``encode`` with the raw
+label and where it came from, so every error names the file and row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+from ..registry import Registry
+from . import metrics as M
+
+IGNORE = -100
+MULTI_LABEL_SEPARATOR = ";"
+
+
+@dataclass
+class LabelInfo:
+    """What a task learned from the training labels; saved with the fine-tuned model."""
+
+    names: list[str]  # class names (classification); [] for regression
+    multi_label: bool = False
+    mean: float = 0.0  # regression targets are standardised with the training mean / std
+    std: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": self.names, "multi_label": self.multi_label, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LabelInfo":
+        return cls(list(d.get("names", [])), bool(d.get("multi_label", False)), float(d.get("mean", 0.0)), float(d.get("std", 1.0)))
+
+
+class Task:
+    name: ClassVar[str]
+    level: ClassVar[str]  # "sequence" | "residue" | "pair": what the head predicts
+    regression: ClassVar[bool] = False
+    default_metric: ClassVar[str] = "accuracy"
+    needs_wildtype: ClassVar[bool] = False  # the input is mutations of a wild type
+
+    def fit(self, labels: list[str], where: list[str]) -> LabelInfo:
+        """Learn the label vocabulary / scale from the training split's raw labels."""
+        raise NotImplementedError
+
+    def encode(self, raw: str, n_residues: int, where: str, info: LabelInfo) -> np.ndarray:
+        """One raw label -> target array for a sequence of ``n_residues`` residues."""
+        raise NotImplementedError
+
+    def n_outputs(self, info: LabelInfo) -> int:
+        return 1 if self.regression else len(info.names)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, info: LabelInfo) -> torch.Tensor:
+        raise NotImplementedError
+
+    def metrics(self, logits: list[np.ndarray], targets: list[np.ndarray], info: LabelInfo) -> dict[str, float]:
+        raise NotImplementedError
+
+    def describe(self, logits: np.ndarray, info: LabelInfo) -> dict[str, Any]:
+        """One example's output as prediction columns: {"prediction": ..., "p_<label>": ...}."""
+        raise NotImplementedError
+
+
+# -- sequence level ------------------------------------------------------------------------------
+
+
+class SequenceRegression(Task):
+    name = "sequence-regression"
+    level = "sequence"
+    regression = True
+    default_metric = "spearman"
+
+    def fit(self, labels, where):
+        values = np.array([_number(raw, w) for raw, w in zip(labels, where)], dtype=np.float64)
+        std = float(values.std()) if len(values) > 1 else 1.0
+        return LabelInfo([], mean=float(values.mean()), std=std if std > 0 else 1.0)
+
+    def encode(self, raw, n_residues, where, info):
+        return np.array([(_number(raw, where) - info.mean) / info.std], dtype=np.float32)
+
+    def loss(self, logits, targets, info):
+        return F.mse_loss(logits.float().view(-1), targets.float().view(-1))
+
+    def predictions(self, logits: list[np.ndarray], info: LabelInfo) -> np.ndarray:
+        return np.array([float(x.reshape(-1)[0]) * info.std + info.mean for x in logits])
+
+    def metrics(self, logits, targets, info):
+        y = np.array([float(t.reshape(-1)[0]) * info.std + info.mean for t in targets])
+        return M.regression_metrics(y, self.predictions(logits, info))
+
+    def describe(self, logits, info):
+        return {"prediction": float(logits.reshape(-1)[0]) * info.std + info.mean}
+
+
+class VariantEffect(SequenceRegression):
+    """Supervised variant-effect regression: the input is a mutation list of one wild type."""
+
+    name = "variant-effect"
+    needs_wildtype = True
+
+
+class SequenceClassification(Task):
+    name = "sequence-classification"
+    level = "sequence"
+
+    def fit(self, labels, where):
+        multi = any(MULTI_LABEL_SEPARATOR in raw for raw in labels)
+        names = sorted({part for raw, w in zip(labels, where) for part in self._parts(raw, w, multi)})
+        if len(names) < 2 and not multi:
+            raise DataError(f"{where[0].split(':')[0]}: a classification task needs at least 2 classes in the training labels, found {names}")
+        return LabelInfo(names, multi_label=multi)
+
+    def _parts(self, raw: str, where: str, multi: bool) -> list[str]:
+        raw = raw.strip()
+        if not raw:
+            raise DataError(f"{where}: empty label")
+        return [p.strip() for p in raw.split(MULTI_LABEL_SEPARATOR) if p.strip()] if multi else [raw]
+
+    def encode(self, raw, n_residues, where, info):
+        index = {n: i for i, n in enumerate(info.names)}
+        parts = self._parts(raw, where, info.multi_label)
+        unknown = [p for p in parts if p not in index]
+        if unknown:
+            raise DataError(f"{where}: label {unknown[0]!r} does not occur in the training split (classes: {', '.join(info.names)})")
+        if info.multi_label:
+            hot = np.zeros(len(info.names), dtype=np.float32)
+            hot[[index[p] for p in parts]] = 1.0
+            return hot
+        return np.array([index[parts[0]]], dtype=np.int64)
+
+    def loss(self, logits, targets, info):
+        if info.multi_label:
+            return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+        return F.cross_entropy(logits.float(), targets.view(-1))
+
+    def metrics(self, logits, targets, info):
+        probs = probabilities(np.stack(logits), info)
+        if info.multi_label:
+            return M.multilabel_metrics(np.stack(targets), probs)
+        return M.classification_metrics(np.concatenate(targets), probs)
+
+    def describe(self, logits, info):
+        probs = probabilities(logits, info)
+        if info.multi_label:
+            label = MULTI_LABEL_SEPARATOR.join(n for n, p in zip(info.names, probs) if p >= 0.5)
+        else:
+            label = info.names[int(probs.argmax())]
+        return {"prediction": label, **{f"p_{n}": round(float(p), 6) for n, p in zip(info.names, probs)}}
+
+
+# -- residue level -------------------------------------------------------------------------------
+
+
+class ResidueClassification(Task):
+    """One character per residue; ``ignore_char`` marks residues without a label."""
+
+    name = "residue-classification"
+    level = "residue"
+    ignore_char = "."
+
+    def fit(self, labels, where):
+        names = sorted({c for raw in labels for c in raw.strip()} - {self.ignore_char})
+        if len(names) < 2:
+            raise DataError(f"{where[0].split(':')[0]}: per-residue labels need at least 2 states, found {names}")
+        return LabelInfo(names)
+
+    def encode(self, raw, n_residues, where, info):
+        raw = raw.strip()
+        if len(raw) != n_residues:
+            raise DataError(f"{where}: the label string has {len(raw)} characters but the sequence has {n_residues} residues")
+        index = {n: i for i, n in enumerate(info.names)}
+        out = np.full(n_residues, IGNORE, dtype=np.int64)
+        for i, c in enumerate(raw):
+            if c == self.ignore_char:
+                continue
+            if c not in index:
+                raise DataError(f"{where}: label {c!r} at position {i + 1} does not occur in the training split (states: {''.join(info.names)}; '{self.ignore_char}' = no label)")
+            out[i] = index[c]
+        return out
+
+    def loss(self, logits, targets, info):
+        keep = targets != IGNORE  # (B, T)
+        if not keep.any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[keep].float(), targets[keep])
+
+    def metrics(self, logits, targets, info):
+        y = np.concatenate([t for t in targets])
+        p = np.concatenate([lg for lg in logits])
+        keep = y != IGNORE
+        probs = probabilities(p[keep], info)
+        return M.residue_metrics(y[keep], probs)
+
+    def describe(self, logits, info):
+        return {"prediction": "".join(info.names[i] for i in np.asarray(logits).argmax(-1))}
+
+
+# -- residue pairs -------------------------------------------------------------------------------
+
+
+class Contact(Task):
+    """Residue-residue contacts. Label: the contacting pairs, 1-based, ``"3-17;5-40"``; every other
+    pair with sequence separation >= ``min_separation`` is a negative. Metric: long-range
+    precision at L/5 (|i-j| >= 24), as ESM reports it."""
+
+    name = "contact"
+    level = "pair"
+    default_metric = "p_at_l5_long"
+    min_separation = 6
+
+    def fit(self, labels, where):
+        return LabelInfo(["contact"])
+
+    def n_outputs(self, info):
+        return 1
+
+    def encode(self, raw, n_residues, where, info):
+        target = np.zeros((n_residues, n_residues), dtype=np.float32)
+        for part in filter(None, (p.strip() for p in raw.replace(",", ";").split(";"))):
+            try:
+                i, j = (int(x) for x in part.split("-"))
+            except ValueError:
+                raise DataError(f"{where}: contact {part!r} is not of the form i-j (1-based residue numbers)") from None
+            if not (1 <= i <= n_residues and 1 <= j <= n_residues):
+                raise DataError(f"{where}: contact {part!r} is outside the sequence (1..{n_residues})")
+            target[i - 1, j - 1] = target[j - 1, i - 1] = 1.0
+        near = np.abs(np.subtract.outer(np.arange(n_residues), np.arange(n_residues))) < self.min_separation
+        target[near] = IGNORE
+        return target
+
+    def loss(self, logits, targets, info):
+        keep = targets != IGNORE
+        if not keep.any():
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits[keep].float(), targets[keep].float())
+
+    def metrics(self, logits, targets, info):
+        precisions = [precision_at_l(lg, t, 24, 5) for lg, t in zip(logits, targets)]
+        precisions = [p for p in precisions if not math.isnan(p)]
+        return {"p_at_l5_long": float(np.mean(precisions)) if precisions else float("nan")}
+
+    def describe(self, logits, info):
+        n = logits.shape[0]
+        probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+        i, j = np.triu_indices(n, self.min_separation)
+        order = np.argsort(-probs[i, j])[: max(1, n // 5)]
+        return {"prediction": ";".join(f"{i[k] + 1}-{j[k] + 1}" for k in order)}
+
+
+def precision_at_l(logits: np.ndarray, target: np.ndarray, min_sep: int, fraction: int) -> float:
+    """Precision of the top L/fraction predicted pairs with separation >= ``min_sep``."""
+    n = target.shape[0]
+    i, j = np.triu_indices(n, min_sep)
+    labelled = target[i, j] != IGNORE
+    i, j = i[labelled], j[labelled]
+    if len(i) == 0:
+        return float("nan")
+    top = np.argsort(-np.asarray(logits)[i, j], kind="stable")[: max(1, n // fraction)]
+    return float(target[i[top], j[top]].mean())
+
+
+def probabilities(logits: np.ndarray, info: LabelInfo) -> np.ndarray:
+    """Softmax over classes (sigmoid per label for multi-label), in float64."""
+    logits = np.asarray(logits, np.float64)
+    if info.multi_label:
+        return 1.0 / (1.0 + np.exp(-logits))
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _number(raw: str, where: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: label {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: label {raw!r} is not a finite number")
+    return value
+
+
+# -- registry ------------------------------------------------------------------------------------
+
+TASKS: Registry[type[Task]] = Registry("fine-tuning task")
+
+
+def register_task(cls: type[Task], owner: str = "foundry") -> type[Task]:
+    TASKS.register(cls.name, cls, owner)
+    return cls
+
+
+def unregister_task(name: str) -> None:
+    TASKS.unregister(name)
+
+
+def get_task(name: str) -> Task:
+    """A fresh instance of the task registered as ``name`` (unknown names list the known ones)."""
+    return TASKS.get(name)()
+
+
+for _cls in (SequenceRegression, SequenceClassification, ResidueClassification, VariantEffect, Contact):
+    register_task(_cls)

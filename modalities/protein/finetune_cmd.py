@@ -1,0 +1,30 @@
+"""``foundry protein finetune`` / ``foundry protein predict``: the engine's fine-tuning commands
+with the protein tasks.
+
+    foundry protein finetune --from runs/protein/final --task residue-classification \
+        --train ss3_train.csv --valid ss3_valid.csv --test ss3_test.csv --out runs/ss3
+    foundry protein finetune --from esm2_t6_8M_UR50D.pt --task variant-effect \
+        --wildtype WT.fasta --train dms_train.csv --valid dms_valid.csv --strategy lora
+    foundry protein predict --model runs/ss3/best proteins.fasta -o ss3.csv
+"""
+
+from __future__ import annotations
+
+from foundry.finetune.cli import finetune_command, predict_command
+
+PROTEIN_TASKS = ("sequence-regression", "sequence-classification", "residue-classification", "variant-effect", "contact")
+
+HELP = """Fine-tune a protein language model on labelled proteins (or train --model from scratch).
+
+\b
+Tables: CSV/TSV with `sequence` and `label` columns (optional `id`), or FASTA + --train-labels.
+sequence-regression / -classification: one label per protein ("a;b" = multi-label).
+residue-classification: a label string as long as the sequence ('.' = unlabelled), e.g. SS3/SS8.
+variant-effect: --wildtype SEQ|FASTA and a `mutation` column (A24G, A24G:T50S; 1-based).
+contact: contacting pairs "i-j;k-l" (1-based).
+"""
+
+
+def add_finetune_commands(group) -> None:
+    group.add_command(finetune_command("protein", PROTEIN_TASKS, HELP))
+    group.add_command(predict_command("protein"))
