@@ -58,14 +58,17 @@ def causal_labels(tokens: torch.Tensor, document_ids: torch.Tensor | None, pad_i
     """Targets aligned with ``tokens``: label[t] = tokens[t+1] within the same document.
 
     The last position of each document (and of each row) and padding get ``IGNORE_INDEX``.
+    Padding is ``document_ids == 0`` when given, else ``tokens == pad_id``.
     """
     labels = torch.full_like(tokens, IGNORE_INDEX)
     labels[:, :-1] = tokens[:, 1:]
     valid = torch.ones_like(tokens, dtype=torch.bool)
     valid[:, -1] = False
     if document_ids is not None:
-        valid[:, :-1] &= document_ids[:, 1:] == document_ids[:, :-1]
-    if pad_id is not None:
+        # Packed rows say where padding is (document 0); the pad id may double as <eos> (GPT-2),
+        # and <eos> must still be predicted.
+        valid[:, :-1] &= (document_ids[:, 1:] == document_ids[:, :-1]) & (document_ids[:, :-1] != 0)
+    elif pad_id is not None:
         valid[:, :-1] &= tokens[:, 1:] != pad_id
         valid &= tokens != pad_id
     return torch.where(valid, labels, torch.full_like(labels, IGNORE_INDEX))

@@ -63,8 +63,19 @@ def iter_files(paths: Sequence[Path], readers: Sequence[Reader]) -> Iterator[tup
 
 
 def read_documents(paths: Sequence[Path], readers: Sequence[Reader]) -> Iterator[Document]:
-    for file, reader in iter_files(paths, readers):
-        yield from reader.read(file)
+    """All documents under ``paths``. Ids that name a file found inside a folder are made relative
+    to that folder, so the validation split (a hash of ids) does not depend on where it lives."""
+    for path in paths:
+        root = Path(path)
+        for file, reader in iter_files([root], readers):
+            if root.is_dir():
+                prefix, relative = str(file), str(file.relative_to(root))
+                for doc in reader.read(file):
+                    if doc.id.startswith(prefix):
+                        doc = Document(relative + doc.id[len(prefix):], doc.text, doc.source)
+                    yield doc
+            else:
+                yield from reader.read(file)
 
 
 def _walk(folder: Path, skip: set[str]) -> Iterable[Path]:

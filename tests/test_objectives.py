@@ -53,6 +53,13 @@ def test_causal_labels_never_cross_documents_or_padding():
     assert labels.tolist() == [[11, 12, IGNORE_INDEX, 21, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]
 
 
+def test_eos_is_predicted_even_when_it_doubles_as_padding():
+    # GPT-2 style: <|endoftext|> (id 1 here) is both end of document and the pad token.
+    tokens = torch.tensor([[10, 11, 1, 20, 1, 1]])
+    docs = torch.tensor([[1, 1, 1, 2, 2, 0]])
+    assert causal_labels(tokens, docs, pad_id=1).tolist() == [[11, 1, IGNORE_INDEX, 1, IGNORE_INDEX, IGNORE_INDEX]]
+
+
 def test_lm_loss_matches_cross_entropy_on_labelled_positions():
     logits = torch.randn(2, 5, 7)
     labels = torch.tensor([[1, -100, 3, -100, -100], [-100, 6, -100, -100, 0]])

@@ -147,7 +147,7 @@ def test_source_reader_walks_trees_exactly(tmp_path, capsys):
     (root / "README.md").write_text("not source")
     before = len(code_readers.SKIPPED)
     docs = list(read_documents([root], [SOURCE_READER]))
-    assert [Path(d.id).relative_to(root).as_posix() for d in docs] == ["pkg/lib.c", "pkg/mod.py"]
+    assert [d.id for d in docs] == ["pkg/lib.c", "pkg/mod.py"], "ids are relative to the folder given"
     assert docs[1].text.encode("utf-8") == exact
     assert code_readers.SKIPPED[before:] == [((root / "pkg" / "old.py").as_posix(), "line 1: not UTF-8 (byte 0xe9)")]
     assert "skipping" in capsys.readouterr().err
