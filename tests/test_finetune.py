@@ -1,0 +1,142 @@
+"""Fine-tuning strategies, the saved model, and forgetting, through the Python API on tiny models.
+
+A module fixture pretrains a 2-layer ESM-2-layout model for a few dozen steps on the bundled
+UniProt sample, so there is something to fine-tune and something to forget.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from foundry.finetune.data import encode_records, read_records
+from foundry.finetune.heads import FinetuneModel, head_for
+from foundry.finetune.loop import LoopSettings, predict_logits
+from foundry.finetune.run import DataOptions, ForgettingOptions, ModelOptions, finetune
+from foundry.finetune.store import load_finetuned
+from foundry.finetune.strategies import apply_strategy, param_groups
+from foundry.model.store import load_model
+
+DATA = Path(__file__).parent / "data" / "finetune"
+TINY = {"n_layer": 2, "d_model": 64, "n_head": 4, "d_ff": 128}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    from foundry.config import build_config
+    from foundry.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    cfg = build_config(base={"modality": "protein", "out": str(out)}, dotted={
+        "model.preset": "esm2_tiny", "model.overrides": TINY, "data.max_len": 128, "data.batch_tokens": 2048,
+        "data.max_train_docs": 1500, "train.max_steps": 60, "train.lr": 3e-3, "train.warmup_steps": 5,
+        "train.eval_every": 60, "train.eval_batches": 2, "train.save_every": 60, "train.progress": False,
+    })
+    pretrain(cfg)
+    return out / "final"
+
+
+@pytest.fixture(scope="module")
+def ss3_small(tmp_path_factory) -> dict:
+    """The first rows of the bundled SS3 slices, so each run takes seconds."""
+    root = tmp_path_factory.mktemp("ss3")
+    paths = {}
+    for split, n in (("train", 48), ("valid", 16), ("test", 16)):
+        lines = (DATA / f"ss3_{split}.csv").read_text().splitlines()
+        paths[split] = root / f"{split}.csv"
+        paths[split].write_text("\n".join(lines[: n + 1]) + "\n")
+    return paths
+
+
+def run(out, source, data, strategy="full", steps=8, task="residue-classification", lr=None, merge=False, **loop):
+    settings = LoopSettings(lr=lr or (1e-3 if strategy == "full" else 5e-3), max_steps=steps, batch_size=8, eval_every=steps, progress=False, **loop)
+    forgetting = ForgettingOptions(docs=24, max_len=128)
+    return finetune("protein", task, DataOptions(train=data["train"], valid=data["valid"], test=data.get("test")),
+                    ModelOptions(source=str(source), strategy=strategy, merge=merge), settings, out, forgetting)
+
+
+def predictions(model_dir: Path, csv: Path) -> np.ndarray:
+    ft = load_finetuned(model_dir)
+    examples = encode_records(read_records(csv), ft.tokenizer, ft.task, None, 1024)
+    return np.concatenate([x.ravel() for x in predict_logits(ft.model, examples, 4, ft.tokenizer.pad_id, ft.task.level)])
+
+
+def trunk_state(model_dir: Path) -> dict:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_frozen_trunk_is_unchanged_and_forgetting_is_zero(tmp_path, pretrained, ss3_small):
+    summary = run(tmp_path / "frozen", pretrained, ss3_small, "frozen")
+    before, after = trunk_state(pretrained), trunk_state(tmp_path / "frozen" / "best" / "trunk")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert summary["forgetting"]["increase"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["trainable_parameters"] == sum(p.numel() for p in head_for("residue", 64, 3).parameters())
+
+
+def test_lora_trains_only_adapters_and_head_and_reloads_identically(tmp_path, pretrained, ss3_small):
+    base = load_model(pretrained).model
+    trunk = apply_strategy(base, "lora", lora_rank=4)
+    trainable = [n for n, p in trunk.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert {n.split(".")[-4] for n in trainable} >= {"q_proj", "k_proj", "v_proj", "o_proj", "up", "down"}
+
+    summary = run(tmp_path / "lora", pretrained, ss3_small, "lora")
+    best = tmp_path / "lora" / "best"
+    assert (best / "adapter" / "adapter_config.json").is_file() and not (best / "trunk").exists()
+    adapter = load_file(str(best / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    ft = load_finetuned(best)  # the base weights under the adapter are the pretrained ones
+    base_now = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in ft.model.trunk.state_dict().items() if "lora_" not in k}
+    pre = trunk_state(pretrained)
+    assert all(torch.equal(base_now[k], pre[k]) for k in pre)
+    assert summary["trainable_parameters"] < summary["parameters"] // 4
+
+    # reload -> the same predictions as the model that was scored; merging changes nothing either
+    first, second = predictions(best, ss3_small["test"]), predictions(best, ss3_small["test"])
+    np.testing.assert_array_equal(first, second)
+    logged = json.loads((tmp_path / "lora" / "summary.json").read_text())["test"]
+    assert logged == summary["test"]
+    merged = run(tmp_path / "merged", pretrained, ss3_small, "lora", merge=True)
+    assert (tmp_path / "merged" / "best" / "trunk" / "model.safetensors").is_file()
+    np.testing.assert_allclose(predictions(tmp_path / "merged" / "best", ss3_small["test"]), first, atol=1e-4)
+    assert merged["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"])
+
+
+def test_full_finetune_save_reload_gives_identical_predictions(tmp_path, pretrained, ss3_small):
+    run(tmp_path / "full", pretrained, ss3_small, "full", task="residue-classification")
+    best = tmp_path / "full" / "best"
+    meta = json.loads((best / "finetune.json").read_text())
+    assert meta["task"] == "residue-classification" and meta["labels"]["names"] == ["C", "E", "H"] and meta["strategy"] == "full"
+    assert (best / "head.safetensors").is_file()
+    ft = load_finetuned(best)
+    examples = encode_records(read_records(ss3_small["test"]), ft.tokenizer, ft.task, None, 1024)
+    again = FinetuneModel(load_model(best / "trunk").model, ft.model.head, ft.tokenizer.special_ids, ft.tokenizer.pad_id, 2).eval()
+    a = predict_logits(ft.model, examples, 4, ft.tokenizer.pad_id, "residue")
+    b = predict_logits(again, examples, 16, ft.tokenizer.pad_id, "residue")  # other batch, other padding
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_layer_decay_scales_learning_rate_by_depth(pretrained):
+    trunk = load_model(pretrained).model
+    model = FinetuneModel(trunk, head_for("sequence", 64, 1), (0, 1, 2), 1, 2)
+    groups = param_groups(model, n_layer=2, weight_decay=0.01, layer_decay=0.5)
+    scale = {g["depth"]: g["lr_scale"] for g in groups}
+    assert scale == {0: 0.125, 1: 0.25, 2: 0.5, 3: 1.0}
+    embed = [g for g in groups if any(p is trunk.embed.weight for p in g["params"])][0]
+    assert embed["depth"] == 0 and embed["weight_decay"] == 0.0
+    head = [g for g in groups if any(p is model.head.net[-1].weight for p in g["params"])][0]
+    assert head["lr_scale"] == 1.0
+
+
+def test_l2sp_guard_shrinks_the_forgetting_increase(tmp_path, pretrained, ss3_small):
+    plain = run(tmp_path / "plain", pretrained, ss3_small, "full", steps=12, lr=5e-3)
+    guarded = run(tmp_path / "l2sp", pretrained, ss3_small, "full", steps=12, lr=5e-3, l2sp=50.0)
+    assert plain["forgetting"]["before"] == pytest.approx(guarded["forgetting"]["before"])
+    assert plain["forgetting"]["increase"] > 0.02
+    assert guarded["forgetting"]["increase"] < 0.5 * plain["forgetting"]["increase"]
+    metrics = [json.loads(line) for line in (tmp_path / "l2sp" / "metrics.jsonl").read_text().splitlines()]
+    assert any("forgetting_after" in m for m in metrics) and any(m.get("split") == "test" for m in metrics)

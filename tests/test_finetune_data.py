@@ -1,0 +1,142 @@
+"""Labelled inputs: tables, FASTA + labels, mutations, token alignment, and one clear error per problem."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from foundry.errors import DataError
+from foundry.finetune.data import apply_mutations, batches, encode_records, read_records
+from foundry.finetune.tasks import IGNORE, get_task
+from foundry.plugins import get_manager
+from modalities.protein.alphabet import EsmTokenizer
+
+DATA = Path(__file__).parent / "data" / "finetune"
+TOK = EsmTokenizer()
+
+
+def fasta_readers():
+    return get_manager().reader_objects(("fasta",))
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_residue_labels_align_to_tokens_with_cls_and_eos_ignored():
+    task = get_task("residue-classification")
+    records = read_records(DATA / "ss3_valid.csv")
+    info = task.fit([r.label for r in records], [r.where for r in records])
+    assert info.names == ["C", "E", "H"]
+    ex = encode_records(records[:3], TOK, task, info, max_len=1024)
+    for e, r in zip(ex, records):
+        assert len(e.tokens) == len(r.sequence) + 2 and e.tokens[0] == TOK.bos_id and e.tokens[-1] == TOK.eos_id
+        assert e.target[0] == IGNORE and e.target[-1] == IGNORE
+        for i, c in enumerate(r.label):  # residue i sits at token i + 1
+            assert e.target[i + 1] == (IGNORE if c == "." else info.names.index(c))
+
+
+def test_long_sequences_are_cut_with_their_labels():
+    task = get_task("residue-classification")
+    records = read_records(DATA / "ss3_valid.csv")[:2]
+    info = task.fit([r.label for r in records], [r.where for r in records])
+    ex = encode_records(records, TOK, task, info, max_len=20)
+    assert all(len(e.tokens) == 20 and e.tokens[-1] == TOK.eos_id and len(e.target) == 20 for e in ex)
+    batch = batches(ex, 2, TOK.pad_id, "residue")[0]
+    assert batch.tokens.shape == batch.targets.shape == (2, 20)
+
+
+def test_fasta_plus_labels_in_record_order():
+    records = read_records(DATA / "amp_train.fasta", readers=fasta_readers(), labels_path=DATA / "amp_train_labels.txt")
+    assert len(records) == 160 and {r.label for r in records} == {"amp", "other"}
+    assert records[0].id == "Seq_1303" or records[0].id.startswith("Seq_")
+
+
+def test_fasta_plus_labels_by_id(tmp_path):
+    seqs = write(tmp_path, "s.fasta", ">a\nMKV\n>b\nMKL\n")
+    labels = write(tmp_path, "l.csv", "id,label\nb,1.5\na,0.5\n")
+    records = read_records(seqs, readers=fasta_readers(), labels_path=labels)
+    assert [(r.id, r.label) for r in records] == [("a", "0.5"), ("b", "1.5")]
+    flip_style = write(tmp_path, "l.fasta", ">a SET=train\nHHE\n>b SET=test\nCCE\n")
+    records = read_records(seqs, readers=fasta_readers(), labels_path=flip_style)
+    assert [r.label for r in records] == ["HHE", "CCE"]
+    missing = write(tmp_path, "m.csv", "id,label\na,1\n")
+    with pytest.raises(DataError, match=r"s\.fasta: record 2 'b': no label for this id in .*m\.csv"):
+        read_records(seqs, readers=fasta_readers(), labels_path=missing)
+
+
+def test_mutations_apply_with_offset_and_mismatch_names_row_position_letter(tmp_path):
+    wt = (DATA / "pab1_wt.fasta").read_text().split("\n")[1]
+    assert apply_mutations(wt, "G126A", start=126)[0] == "A"
+    double = apply_mutations("MKTAYIAK", "K2R:A4G")
+    assert double == "MRTGYIAK"
+    assert apply_mutations("MKT", "WT") == "MKT"
+    table = write(tmp_path, "v.csv", "mutation,label\nK2R,0.1\nA3G:T50S,0.2\n")
+    with pytest.raises(DataError, match=r"v\.csv: line 3: mutation 'A3G' does not match the wild type: position 3 is 'T', not 'A'"):
+        read_records(table, wildtype="MKTAYIAK")
+    far = write(tmp_path, "f.csv", "mutation,label\nK20R,0.1\n")
+    with pytest.raises(DataError, match=r"line 2: mutation 'K20R': position 20 is outside the wild type \(residues 1..8\)"):
+        read_records(far, wildtype="MKTAYIAK")
+
+
+def test_bad_letters_label_length_missing_column_empty_split_each_name_file_and_row(tmp_path):
+    task = get_task("residue-classification")
+    bad_letter = write(tmp_path, "bad.csv", "id,sequence,label\np1,MKV,CCH\np2,MKJV,CCHH\n")
+    records = read_records(bad_letter)
+    info = task.fit([r.label for r in records], [r.where for r in records])
+    with pytest.raises(DataError, match=r"bad\.csv: line 3 \(id 'p2'\): .*'J' at position 3 is not in the ESM protein alphabet"):
+        encode_records(records, TOK, task, info, 1024)
+
+    short = write(tmp_path, "short.csv", "id,sequence,label\np1,MKV,CCH\np2,MKVL,CCH\n")
+    records = read_records(short)
+    with pytest.raises(DataError, match=r"short\.csv: line 3 \(id 'p2'\): the label string has 3 characters but the sequence has 4 residues"):
+        encode_records(records, TOK, task, info, 1024)
+
+    no_col = write(tmp_path, "nocol.csv", "id,sequence,target\np1,MKV,1\n")
+    with pytest.raises(DataError, match=r"nocol\.csv: no label column 'label'; the columns are: id, sequence, target"):
+        read_records(no_col)
+
+    empty = write(tmp_path, "empty.csv", "id,sequence,label\n")
+    with pytest.raises(DataError, match=r"empty\.csv: no rows \(an empty split\)"):
+        read_records(empty)
+
+
+def test_labels_that_are_not_numbers_or_unseen_classes(tmp_path):
+    reg = get_task("sequence-regression")
+    table = write(tmp_path, "r.csv", "sequence,label\nMKV,1.0\nMKL,high\n")
+    records = read_records(table)
+    with pytest.raises(DataError, match=r"r\.csv: line 3: label 'high' is not a number"):
+        reg.fit([r.label for r in records], [r.where for r in records])
+    cls = get_task("sequence-classification")
+    info = cls.fit(["a", "b"], ["x", "y"])
+    with pytest.raises(DataError, match=r"v\.csv: line 7: label 'c' does not occur in the training split \(classes: a, b\)"):
+        cls.encode("c", 3, "v.csv: line 7", info)
+
+
+def test_multi_label_classes_are_multi_hot():
+    cls = get_task("sequence-classification")
+    info = cls.fit(["membrane;secreted", "cytoplasm", "secreted"], ["1", "2", "3"])
+    assert info.multi_label and info.names == ["cytoplasm", "membrane", "secreted"]
+    assert cls.encode("secreted;membrane", 5, "w", info).tolist() == [0.0, 1.0, 1.0]
+
+
+def test_task_registry_lists_known_names_and_unregisters():
+    from foundry.errors import FoundryError
+    from foundry.finetune import TASKS, Task, register_task, unregister_task
+
+    with pytest.raises(FoundryError, match="Did you mean 'sequence-regression'"):
+        get_task("sequence-regresion")
+
+    class Stability(Task):
+        name, level, regression = "stability-test", "sequence", True
+
+    register_task(Stability, owner="test")
+    try:
+        assert "stability-test" in TASKS
+        with pytest.raises(FoundryError, match="registered twice"):
+            register_task(Stability, owner="again")
+    finally:
+        unregister_task("stability-test")
+    assert "stability-test" not in TASKS

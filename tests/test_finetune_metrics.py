@@ -1,0 +1,87 @@
+"""Fine-tuning metrics equal hand-computed reference values (scipy / sklearn semantics)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from foundry.finetune import metrics as M
+from foundry.finetune.tasks import IGNORE, precision_at_l
+
+
+def test_spearman_with_ties_equals_pearson_of_average_ranks():
+    y = np.array([1.0, 2.0, 2.0, 3.0, 5.0])
+    p = np.array([0.1, 0.4, 0.3, 0.3, 0.9])
+    # Average ranks by hand: y -> 1, 2.5, 2.5, 4, 5 ; p -> 1, 4, 2.5, 2.5, 5
+    ry, rp = np.array([1, 2.5, 2.5, 4, 5]), np.array([1, 4, 2.5, 2.5, 5])
+    np.testing.assert_allclose(M.rankdata(y), ry)
+    np.testing.assert_allclose(M.rankdata(p), rp)
+    expected = np.corrcoef(ry, rp)[0, 1]
+    assert M.spearman(y, p) == pytest.approx(expected)
+    # By hand: centred ranks (-2,-.5,-.5,1,2) and (-2,1,-.5,-.5,2): 7.25 / sqrt(9.5 * 9.5)
+    assert M.spearman(y, p) == pytest.approx(7.25 / 9.5)
+
+
+def test_pearson_rmse_and_undefined_cases():
+    y, p = np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 7.0])
+    assert M.pearson(y, p) == pytest.approx(np.corrcoef(y, p)[0, 1])
+    assert M.rmse(y, p) == pytest.approx(math.sqrt((1 + 4 + 16) / 3))
+    assert math.isnan(M.pearson(y, np.ones(3)))  # constant predictions: undefined, not an error
+
+
+def test_binary_classification_metrics_match_hand_counts():
+    y = np.array([0, 0, 1, 1, 1, 0])
+    probs1 = np.array([0.1, 0.6, 0.8, 0.4, 0.9, 0.2])
+    probs = np.stack([1 - probs1, probs1], 1)
+    m = M.classification_metrics(y, probs)
+    # predictions 0 1 1 0 1 0: tp=2 fp=1 fn=1 tn=2
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert m["mcc"] == pytest.approx((2 * 2 - 1 * 1) / math.sqrt(3 * 3 * 3 * 3))
+    # AUROC: pairs (pos, neg) with pos score > neg score: 0.8>{.1,.6,.2}, 0.4>{.1,.2}, 0.9>all -> 8 of 9
+    assert m["auroc"] == pytest.approx(8 / 9)
+
+
+def test_auroc_counts_ties_as_half_and_multiclass_is_one_vs_rest():
+    assert M.auroc_binary(np.array([0, 1]), np.array([0.5, 0.5])) == pytest.approx(0.5)
+    y = np.array([0, 1, 2, 2])
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]])
+    per_class = [M.auroc_binary(y == c, probs[:, c]) for c in range(3)]
+    assert M.auroc(y, probs) == pytest.approx(np.mean(per_class))
+    assert per_class == [pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0)]
+
+
+def test_multiclass_mcc_and_macro_f1():
+    y = np.array([0, 1, 2, 0, 1, 2])
+    pred = np.array([0, 2, 2, 0, 1, 1])
+    c = M.confusion(y, pred, 3)
+    assert c.tolist() == [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
+    t, p, n, k = c.sum(1), c.sum(0), c.sum(), np.trace(c)
+    expected = (k * n - (t * p).sum()) / math.sqrt((n**2 - (p**2).sum()) * (n**2 - (t**2).sum()))
+    assert M.mcc(y, pred, 3) == pytest.approx(expected)
+    assert M.f1(y, pred, 3) == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+
+
+def test_residue_metrics_report_q3_and_q8():
+    y = np.array([0, 1, 2, 2])
+    probs = np.eye(3)[[0, 1, 2, 0]]
+    assert M.residue_metrics(y, probs)["q3"] == pytest.approx(0.75)
+    y8 = np.arange(8)
+    assert M.residue_metrics(y8, np.eye(8))["q8"] == pytest.approx(1.0)
+
+
+def test_precision_at_l_uses_top_pairs_beyond_the_separation():
+    n = 30
+    target = np.zeros((n, n), np.float32)
+    target[0, 29] = target[29, 0] = 1
+    target[1, 28] = target[28, 1] = 1
+    target[2, 3] = IGNORE  # unlabelled pairs never count
+    logits = np.zeros((n, n))
+    logits[0, 29], logits[1, 28], logits[2, 27] = 5, 4, 3  # L/5 = 6 top pairs: 2 true among them
+    assert precision_at_l(logits, target, 24, 5) == pytest.approx(2 / 6)
+
+
+def test_early_stopping_direction():
+    assert M.is_better("rmse", 0.5, 0.7) and not M.is_better("rmse", 0.9, 0.7)
+    assert M.is_better("spearman", 0.5, 0.4) and M.is_better("accuracy", 0.1, None)
+    assert not M.is_better("accuracy", float("nan"), 0.1)
