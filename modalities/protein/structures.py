@@ -232,16 +232,19 @@ class _Observed:
     label: str  # "52" or "52A"
     auth_key: tuple[int, str]  # (number, insertion code)
     atoms: dict[str, np.ndarray]
+    altloc: bool = False  # some atom had alternate locations
 
 
 def _residue_record(residue) -> _Observed:
     _, number, icode = residue.id
     icode = (icode or " ").strip()
-    atoms = {}
+    atoms, altloc = {}, False
     for atom in residue:  # disordered atoms: biopython gives the selected (highest occupancy) one
         atoms[atom.get_id()] = np.asarray(atom.coord, dtype=np.float64)
+        altloc = altloc or bool(atom.is_disordered())
     name = residue.resname.strip().upper()
-    return _Observed(residue_letter(name) or "X", name, f"{number}{icode}", (int(number), icode), atoms)
+    return _Observed(residue_letter(name) or "X", name, f"{number}{icode}", (int(number), icode), atoms,
+                     altloc or bool(residue.is_disordered()))
 
 
 def _pick_chain(path: Path, model, chain: str | None) -> str:
@@ -395,6 +398,9 @@ def _labels(path, chain_id, sequence, source, observed, placement, use_virtual_c
             no_atom.append(f"{o.resname} {o.label} (no {atom})")
             continue
         mask[i] = True
+    n_alt = sum(o.altloc for o in observed)
+    if n_alt:
+        notes.append(f"{n_alt} residues with alternate locations (highest occupancy used)")
     if missing_bb:
         notes.append(f"{len(missing_bb)} residues miss backbone atoms: {'; '.join(missing_bb[:5])}"
                      + (" ..." if len(missing_bb) > 5 else ""))
