@@ -13,6 +13,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any, Iterable
 
+from foundry.errors import CheckpointError
 from foundry.hookspecs import hookimpl
 from foundry.modality import Modality
 from foundry.readers import Document
@@ -32,6 +33,13 @@ def build_tokenizer(documents: Iterable[Document], settings: dict[str, Any]) -> 
         settings.get("vocab_size") or DEFAULT_VOCAB_SIZE,
         settings.get("sample_bytes") or TRAIN_SAMPLE_BYTES,
     )
+
+
+def import_tokenizer(path: Path, source_format: str) -> BpeTokenizer:
+    """The tokenizer shipped in an imported transformers directory (Llama, Mistral, GPT-2)."""
+    if not Path(path).is_dir():
+        raise CheckpointError(f"{path}: {source_format} checkpoints carry no BPE tokenizer; import a transformers directory")
+    return BpeTokenizer.from_hf(path)
 
 
 def default_data() -> list[Path]:
@@ -56,7 +64,8 @@ def register_modalities(register):
             readers=("source",),
             build_tokenizer=build_tokenizer,
             default_data=default_data,
-            config_defaults={"data.max_len": 512, "tokenizer.vocab_size": DEFAULT_VOCAB_SIZE},
+            import_tokenizer=import_tokenizer,
+            config_defaults={"train.max_steps": 300, "data.max_len": 512, "tokenizer.vocab_size": DEFAULT_VOCAB_SIZE},
         )
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from foundry.errors import CheckpointError
 from foundry.hookspecs import hookimpl
 from foundry.modality import Modality
 from foundry.readers import Document
@@ -31,6 +32,13 @@ def build_tokenizer(documents: Iterable[Document], settings: dict[str, Any]) -> 
     vocab_size = settings.get("vocab_size") or DEFAULT_VOCAB_SIZE
     sample = sample_for_training(documents, settings.get("sample_bytes") or TRAIN_SAMPLE_BYTES)
     return BpeTokenizer.train(sample, vocab_size)
+
+
+def import_tokenizer(path: Path, source_format: str) -> BpeTokenizer:
+    """The tokenizer shipped in an imported transformers directory (Llama, Mistral, GPT-2)."""
+    if not Path(path).is_dir():
+        raise CheckpointError(f"{path}: {source_format} checkpoints carry no BPE tokenizer; import a transformers directory")
+    return BpeTokenizer.from_hf(path)
 
 
 def default_data() -> list[Path]:
@@ -61,7 +69,8 @@ def register_modalities(register):
             readers=("text", "jsonl"),
             build_tokenizer=build_tokenizer,
             default_data=default_data,
-            config_defaults={"data.max_len": 256, "tokenizer.vocab_size": DEFAULT_VOCAB_SIZE},
+            import_tokenizer=import_tokenizer,
+            config_defaults={"train.max_steps": 300, "data.max_len": 256, "tokenizer.vocab_size": DEFAULT_VOCAB_SIZE},
         )
     )
 
