@@ -31,9 +31,9 @@ def pretrained(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("pretrain") / "run"
     cfg = build_config(base={"modality": "protein", "out": str(out)}, dotted={
-        "model.preset": "esm2_tiny", "model.overrides": TINY, "data.max_len": 128, "data.batch_tokens": 2048,
-        "data.max_train_docs": 1500, "train.max_steps": 60, "train.lr": 3e-3, "train.warmup_steps": 5,
-        "train.eval_every": 60, "train.eval_batches": 2, "train.save_every": 60, "train.progress": False,
+        "model.preset": "esm2_tiny", "model.overrides": TINY, "data.max_len": 128, "data.batch_tokens": 1024,
+        "data.max_train_docs": 1000, "train.max_steps": 40, "train.lr": 3e-3, "train.warmup_steps": 5,
+        "train.eval_every": 40, "train.eval_batches": 1, "train.save_every": 40, "train.progress": False,
     })
     pretrain(cfg)
     return out / "final"
