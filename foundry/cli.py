@@ -30,7 +30,7 @@ def plugins(verbose: bool) -> None:
     for name, info in sorted(manager.plugins.items()):
         click.echo(f"{name}  ({info.package} {info.version})".rstrip())
         for kind, items in sorted(info.contributes.items()):
-            click.echo(f"  {kind}: {', '.join(items)}")
+            click.echo(f"  {kind}: {', '.join(_describe(kind, item, manager) for item in items)}")
     for failure in manager.failures:
         click.echo(f"{failure.name}  ({failure.package})  FAILED: {failure.error}")
         if verbose:
@@ -65,6 +65,18 @@ def export(model_dir: Path, target: str, out: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         written = export_fair_esm(loaded.model, path)
         click.echo(f"wrote a fair-esm checkpoint to {written}")
+
+
+def _describe(kind: str, item: str, manager) -> str:
+    """A contribution with its details: a modality's objective, a command group's subcommands."""
+    if kind == "modalities":
+        modality = manager.modality(item)
+        return f"{item} ({modality.objective}, default preset {modality.default_preset})"
+    if kind == "commands" and isinstance(cli.commands.get(item), click.Group):
+        return f"{item} [{' '.join(sorted(cli.commands[item].commands))}]"
+    if kind == "readers":
+        return f"{item} ({' '.join(manager.readers.get(item).suffixes)})"
+    return item
 
 
 def build_cli() -> click.Group:
