@@ -298,7 +298,7 @@ def run_contacts(pm: ProteinModel, items: list[ContactItem], out: Path, batch_to
 
     from .contact_metrics import contact_precisions, format_metrics
 
-    rows = []
+    found: dict[int, dict] = {}
     with atomic_directory(out) as tmp:
         for i, probs in predict_contacts(pm, [it.sequence for it in items], batch_tokens):
             it = items[i]
@@ -307,8 +307,9 @@ def run_contacts(pm: ProteinModel, items: list[ContactItem], out: Path, batch_to
             write_png(tmp / f"{it.name}.png", contact_image(probs, truth))
             if truth is not None:
                 metrics = contact_precisions(probs, truth)
-                rows.append({"name": it.name, "length": len(it.sequence), **metrics})
+                found[i] = {"name": it.name, "length": len(it.sequence), **metrics}
                 echo(f"{it.name}  L={len(it.sequence)}  {format_metrics(metrics)}")
+        rows = [found[i] for i in sorted(found)]  # input order (batches run shortest first)
         if rows:
             keys = [k for k in rows[0] if k not in ("name", "length")]
             lines = ["\t".join(["name", "length", *keys])]
