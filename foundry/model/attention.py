@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from . import masks
 
 IMPLS = ("auto", "sdpa", "documents", "varlen", "flex")
-BUCKET_SLACK = 0.125  # runs shorter than the bucket's longest by at most this fraction share a batch
+# Runs shorter than a bucket's longest by at most this fraction share one SDPA call (padded and
+# masked). 0 = only equal lengths share: on CPU masked SDPA costs more than the calls it saves.
+BUCKET_SLACK = 0.0
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: masks.AttentionSpec, dropout_p: float = 0.0) -> torch.Tensor:
@@ -91,32 +93,31 @@ def _identity(v: torch.Tensor, heads: int) -> torch.Tensor:
 
 def _documents(q, k, v, spec: masks.AttentionSpec, dropout_p: float) -> torch.Tensor:
     b, t, h, d = q.shape
-    qf, kf, vf = q.reshape(b * t, h, d), k.reshape(b * t, -1, d), v.reshape(b * t, -1, d)
-    pieces, dests = [], []
+    lengths = spec.runs().lengths.tolist()
+    # One split per tensor (its backward is one concatenation); per-run index ops would each
+    # allocate a gradient the size of the whole batch.
+    qs, ks, vs = (torch.split(x.reshape(b * t, x.shape[2], d), lengths) for x in (q, k, v))
+    outs: list[torch.Tensor | None] = [None] * len(lengths)
     for bucket in spec.buckets():
-        n, length = bucket.shape
-        if bucket.start is not None:  # one run: a slice, no gather
-            s = bucket.start
-            qb, kb, vb = (x[s : s + length].unsqueeze(0) for x in (qf, kf, vf))
-        else:
-            flat = bucket.index.reshape(-1)
-            qb, kb, vb = (x.index_select(0, flat).view(n, length, x.shape[1], d) for x in (qf, kf, vf))
+        n, longest = bucket.shape
+        qb, kb, vb = (_stack([parts[r] for r in bucket.runs], longest) for parts in (qs, ks, vs))
         y = F.scaled_dot_product_attention(
             qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), attn_mask=bucket.mask,
-            is_causal=bucket.is_causal, dropout_p=dropout_p, enable_gqa=h != kf.shape[1],
-        )  # (n, H, L, d)
-        y = y.transpose(1, 2).reshape(n * length, h, d)
-        if bucket.keep is not None:
-            y = y.index_select(0, bucket.keep)
-        pieces.append(y)
-        dests.append(bucket.dest)
-    base = _identity(vf, h)
-    if not pieces:
-        return base.view(b, t, h, d)
-    if len(pieces) == 1 and pieces[0].shape[0] == b * t:  # one run covering everything
-        return pieces[0].view(b, t, h, d)
-    out = base.index_copy(0, torch.cat(dests), torch.cat(pieces))
-    return out.view(b, t, h, d)
+            is_causal=bucket.is_causal, dropout_p=dropout_p, enable_gqa=h != kb.shape[2],
+        ).transpose(1, 2)  # (n, L, H, d)
+        for r, yr in zip(bucket.runs, y.unbind(0)):
+            outs[r] = yr[: lengths[r]]
+    for r, out in enumerate(outs):
+        if out is None:  # a run without a real key: its queries see themselves
+            outs[r] = _identity(vs[r], h)
+    return torch.cat(outs).view(b, t, h, d)
+
+
+def _stack(parts: list[torch.Tensor], longest: int) -> torch.Tensor:
+    """Runs (L_i, heads, d) -> (n, L, heads, d), zero-padded past each run's end."""
+    if len(parts) == 1 and parts[0].shape[0] == longest:
+        return parts[0].unsqueeze(0)
+    return torch.stack([F.pad(p, (0, 0, 0, 0, 0, longest - p.shape[0])) for p in parts])
 
 
 # -- varlen: FlashAttention over cu_seqlens (CUDA) -------------------------------------------

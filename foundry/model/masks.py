@@ -99,12 +99,9 @@ class Bucket:
     """Runs of similar length attended as one (n, L) SDPA batch."""
 
     shape: tuple[int, int]  # (n runs, L = the longest)
-    start: int | None  # n == 1: the run is the slice [start, start + L) of the flattened axis
-    index: torch.Tensor | None  # (n, L) flattened positions (slots past a run's end repeat its last token)
+    runs: list[int]  # indices into DocumentRuns
     mask: torch.Tensor | None  # SDPA mask over the bucket (keys past a run's end or padding hidden)
     is_causal: bool
-    keep: torch.Tensor | None  # rows of the (n*L) output that are real positions; None = all
-    dest: torch.Tensor  # flattened positions those rows belong to
 
 
 def document_runs(document_ids: torch.Tensor, key_valid: torch.Tensor | None) -> DocumentRuns | None:
@@ -193,18 +190,14 @@ class AttentionSpec:
 
     def _bucket(self, runs: DocumentRuns, group: np.ndarray, valid: np.ndarray | None) -> Bucket:
         starts, lengths = runs.starts[group], runs.lengths[group]
-        n, longest = len(group), int(lengths.max())
+        longest = int(lengths.max())
         offsets = np.arange(longest)
-        inside = offsets[None, :] < lengths[:, None]  # (n, L)
-        index = starts[:, None] + np.minimum(offsets[None, :], lengths[:, None] - 1)
-        keys = inside if valid is None else inside & valid[index]
-        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
-        mask, is_causal = attention_mask(None if keys.all() else to(keys), None, self.causal, longest, self.device, self.sliding_window)
-        keep = None if inside.all() else to(np.flatnonzero(inside.ravel()))
-        return Bucket(
-            shape=(n, longest), start=int(starts[0]) if n == 1 else None, index=None if n == 1 else to(index),
-            mask=mask, is_causal=is_causal, keep=keep, dest=to(index[inside]),
-        )
+        keys = offsets[None, :] < lengths[:, None]  # (n, L): slots past a run's end are hidden
+        if valid is not None:
+            keys = keys & valid[starts[:, None] + np.minimum(offsets[None, :], lengths[:, None] - 1)]
+        hidden = None if keys.all() else torch.from_numpy(keys).to(self.device)
+        mask, is_causal = attention_mask(hidden, None, self.causal, longest, self.device, self.sliding_window)
+        return Bucket(shape=(len(group), longest), runs=group.tolist(), mask=mask, is_causal=is_causal)
 
     def block_mask(self):
         from .attention import flex_block_mask
