@@ -57,6 +57,7 @@ class ObjectiveSection:
     mask_prob: float = 0.15  # MLM: share of tokens selected for prediction
     mask_replace: float = 0.8  # of those: replaced by <mask>
     random_replace: float = 0.1  # of those: replaced by a random token (rest kept)
+    fim_rate: float = 0.0  # causal LM: share of documents rearranged for fill-in-the-middle (PSM)
 
 
 @dataclass

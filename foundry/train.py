@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from .checkpoint import load_trainer_files, save_checkpoint
 from .config import RunConfig
 from .data.packing import Batch, PackedStream, next_batch_for_rank
+from .errors import ConfigError
+from .fim import apply_fim, fim_sentinels
 from .distributed import make_accelerator
 from .metrics import MetricsLog
 from .objectives import IGNORE_INDEX, causal_labels, lm_loss, mask_tokens
@@ -77,10 +79,16 @@ class ObjectiveRunner:
         self.tokenizer = tokenizer
         self.cfg = cfg
         if objective == "mlm" and tokenizer.mask_id is None:
-            raise ValueError("the masked-LM objective needs a tokenizer with a mask token")
+            raise ConfigError("the masked-LM objective needs a tokenizer with a mask token")
+        self.fim_ids = fim_sentinels(tokenizer) if objective == "clm" and cfg.objective.fim_rate > 0 else None
 
-    def __call__(self, model, batch: Batch, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, model, batch: Batch, seed: int, device, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = batch.tokens
+        if self.fim_ids is not None and train:
+            # Fill-in-the-middle on a share of the documents; validation stays plain next-token.
+            generator = torch.Generator().manual_seed(seed * 1_000_000_009 + batch.index)
+            special = tuple(i for i in (self.tokenizer.bos_id, self.tokenizer.eos_id) if i is not None)
+            tokens = apply_fim(tokens, batch.document_ids, **self.fim_ids, rate=self.cfg.objective.fim_rate, generator=generator, keep_ids=special)
         if self.objective == "mlm":
             generator = torch.Generator().manual_seed(seed * 1_000_000_007 + batch.index)
             o = self.cfg.objective
@@ -180,7 +188,7 @@ def evaluate(model, setup: TrainSetup, runner: ObjectiveRunner, accelerator: Acc
         if i % accelerator.num_processes != accelerator.process_index:
             continue
         with accelerator.autocast():
-            loss, labels = runner(model, batch, setup.cfg.train.seed + EVAL_SEED_OFFSET, accelerator.device)
+            loss, labels = runner(model, batch, setup.cfg.train.seed + EVAL_SEED_OFFSET, accelerator.device, train=False)
         targets = labels[labels != IGNORE_INDEX].to(accelerator.device)
         totals += torch.stack([loss.double() * len(targets), -log_probs[targets].sum().double(), torch.tensor(float(len(targets)), dtype=torch.float64, device=accelerator.device)])
     totals = accelerator.reduce(totals, reduction="sum")
