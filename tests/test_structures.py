@@ -148,3 +148,15 @@ SUMMARY = [("1A8O.pdb", "A", 70), ("2BEG.pdb.gz", "B", 26), ("4CUP.cif.gz", "A",
 def test_observed_residue_counts_match_the_data_summary(name, chain, n_residues):
     lab = read_structure(DATA / name, chain=chain)
     assert sum(r is not None for r in lab.residue_ids) == n_residues
+
+
+def test_free_amino_acid_ligand_is_not_part_of_the_chain(tmp_path):
+    lines = (DATA / "1A8O.pdb").read_text().splitlines()
+    mse = [line for line in lines if line.startswith("HETATM") and line[17:20] == "MSE" and line[22:26] == " 151"]
+    ligand = [line[:22] + " 999" + line[26:30] + f"{float(line[30:38]) + 30:8.3f}" + line[38:] for line in mse]
+    end = lines.index(next(line for line in lines if line.startswith("END")))
+    path = tmp_path / "ligand.pdb"
+    path.write_text("\n".join(lines[:end] + ligand + lines[end:]) + "\n")
+    lab = read_structure(path)
+    assert len(lab) == 70 and "999" not in lab.residue_ids
+    assert lab.sequence == read_structure(DATA / "1A8O.pdb").sequence

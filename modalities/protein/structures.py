@@ -16,8 +16,9 @@ Conventions, each one a decision a user can look up here:
 - **Model**: the first model (NMR ensembles have dozens); ``labels.notes`` says how many there were.
 - **Residues**: the 20 standard amino acids; modified residues are mapped to their parent through
   biopython's ``protein_letters_3to1_extended`` table (MSE->M, SEP->S, TPO->T, ...), whether
-  written as ATOM or HETATM; other residues in ATOM records with a Cα (UNK, ...) are ``X``.
-  Waters and ligands (HETATM not in the table) are not residues of the chain.
+  written as ATOM or HETATM (a HETATM one only when peptide-bonded to a neighbour: a free amino
+  acid is a ligand); other residues in ATOM records with a Cα (UNK, ...) are ``X``. Waters and
+  other ligands are not residues of the chain.
 - **Alternate locations**: per atom, the highest occupancy (the first one on a tie: biopython's
   choice); for a point mutation modelled as two residues at one position, the residue with the
   higher mean occupancy.
@@ -210,14 +211,28 @@ def _is_amino_acid(residue) -> bool:
 
 
 def _chain_residues(chain) -> list:
-    out = []
+    """Amino-acid residues of a chain in file order. A HETATM amino acid (MSE, SEP, ...) counts
+    only when peptide-bonded to a neighbour; a free one (a ligand) is not part of the chain."""
+    candidates = []
     for residue in chain:
         if residue.is_disordered() == 2:  # point mutation: two residue names at one position
             children = [residue.child_dict[n] for n in residue.disordered_get_id_list()]
             residue = max(children, key=_mean_occupancy)  # max keeps the first on a tie
         if _is_amino_acid(residue):
+            candidates.append(residue)
+    out = []
+    for k, residue in enumerate(candidates):
+        if residue.id[0] == " " or _bonded(candidates[k - 1] if k else None, residue) \
+                or _bonded(residue, candidates[k + 1] if k + 1 < len(candidates) else None):
             out.append(residue)
     return out
+
+
+def _bonded(first, second) -> bool:
+    """Peptide bond first.C - second.N (< 2 Å)."""
+    if first is None or second is None or "C" not in first or "N" not in second:
+        return False
+    return float(np.linalg.norm(first["C"].coord - second["N"].coord)) < 2.0
 
 
 def _mean_occupancy(residue) -> float:
