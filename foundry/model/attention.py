@@ -6,14 +6,14 @@ lengths cropped at 1024 (mean ~410 tokens) a 1024-token row does ~2.5x the neede
 The backends here all give the dense masked result (fp32: within 1e-6), chosen per forward:
 
   sdpa       dense SDPA with the boolean mask of ``masks.attention_mask`` — the reference.
-  documents  per-document SDPA. The flattened (B*T) token axis is cut into document runs; runs of
-             similar length are gathered into one (n, H, L, d) batch (keys past a run's end are
-             masked), attended with SDPA and scattered back. Any device and dtype, backward,
-             dropout. The CPU training path (flex_attention has no CPU backward in torch 2.x).
+  documents  per-document SDPA. The flattened (B*T) token axis is split into document runs; runs of
+             equal length (or within ``BUCKET_SLACK``, padded and masked) share one (n, H, L, d)
+             SDPA call; outputs are concatenated back. Any device and dtype, backward, dropout.
+             (flex_attention has no CPU backward in torch 2.x, so this is the CPU block-skipping path.)
   varlen     ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention / cuDNN) over the runs, no
              gather at all: CUDA, fp16/bf16, no attention dropout.
   flex       ``flex_attention`` with a document block mask: compiled on CUDA; on CPU forward only.
-  auto       no document ids -> sdpa; CUDA half precision without dropout -> varlen; else documents.
+  auto       CUDA fp16/bf16 without attention dropout -> varlen; otherwise sdpa (see ``choose``).
 
 Runs with no valid key (the padding at the end of a packed row) behave as in the dense path:
 each such query attends to itself only, so its output is its own value vector.
@@ -68,9 +68,13 @@ def choose(spec: masks.AttentionSpec, q: torch.Tensor, dropout_p: float) -> str:
             raise ValueError(f"attention {impl!r} needs each document contiguous in its row; use 'sdpa'")
         return "sdpa"
     if impl == "auto":
+        # Measured on CPU (BENCHMARKS.md): per-document SDPA did not beat one dense masked call
+        # for ESM-2 8M on UniProt lengths — CPU flash attention with 16-wide heads costs about
+        # linearly in length, so skipping off-diagonal blocks saves little and the extra calls,
+        # splits and concatenations cost more. Hence auto = varlen where it exists, else dense.
         half = q.dtype in (torch.float16, torch.bfloat16)
         ok = q.is_cuda and half and dropout_p == 0.0 and not runs.mixed.any() and _varlen_fn() is not None
-        return "varlen" if ok else "documents"
+        return "varlen" if ok else "sdpa"
     if impl == "varlen":
         if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)) or _varlen_fn() is None:
             raise ValueError("attention 'varlen' needs torch's varlen_attn, a CUDA device and fp16/bf16")
