@@ -44,7 +44,7 @@ def ss3_small(tmp_path_factory) -> dict:
     """The first rows of the bundled SS3 slices, so each run takes seconds."""
     root = tmp_path_factory.mktemp("ss3")
     paths = {}
-    for split, n in (("train", 48), ("valid", 16), ("test", 16)):
+    for split, n in (("train", 32), ("valid", 8), ("test", 8)):
         lines = (DATA / f"ss3_{split}.csv").read_text().splitlines()
         paths[split] = root / f"{split}.csv"
         paths[split].write_text("\n".join(lines[: n + 1]) + "\n")
@@ -132,11 +132,15 @@ def test_layer_decay_scales_learning_rate_by_depth(pretrained):
     assert head["lr_scale"] == 1.0
 
 
-def test_l2sp_guard_shrinks_the_forgetting_increase(tmp_path, pretrained, ss3_small):
+def test_guards_shrink_the_forgetting_increase(tmp_path, pretrained, ss3_small):
     plain = run(tmp_path / "plain", pretrained, ss3_small, "full", steps=12, lr=5e-3)
     guarded = run(tmp_path / "l2sp", pretrained, ss3_small, "full", steps=12, lr=5e-3, l2sp=50.0)
+    replayed = run(tmp_path / "replay", pretrained, ss3_small, "full", steps=12, lr=5e-3, replay=0.5)
     assert plain["forgetting"]["before"] == pytest.approx(guarded["forgetting"]["before"])
     assert plain["forgetting"]["increase"] > 0.02
     assert guarded["forgetting"]["increase"] < 0.5 * plain["forgetting"]["increase"]
+    assert replayed["forgetting"]["increase"] < plain["forgetting"]["increase"]
+    replay_log = [json.loads(line) for line in (tmp_path / "replay" / "metrics.jsonl").read_text().splitlines()]
+    assert all("replay_loss" in m for m in replay_log if "loss" in m and "split" not in m)
     metrics = [json.loads(line) for line in (tmp_path / "l2sp" / "metrics.jsonl").read_text().splitlines()]
     assert any("forgetting_after" in m for m in metrics) and any(m.get("split") == "test" for m in metrics)
