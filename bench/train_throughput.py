@@ -45,6 +45,11 @@ def mean_context(lengths) -> float:
     return float((lengths**2).sum() / max(1.0, lengths.sum()))
 
 
+def _autocast(device: torch.device, dtype):
+    """Mixed precision the way accelerate applies it (autocast around forward and loss), or off."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def run_config() -> RunConfig:
     cfg = RunConfig(modality="protein")
     cfg.train.lr = 1e-4  # a warm-up-sized rate: the benchmark times steps, it does not train to a goal
@@ -54,11 +59,12 @@ def run_config() -> RunConfig:
 class FoundrySide:
     """The trainer's step: PackedStream -> MLM objective -> forward/backward -> clip -> AdamW."""
 
-    def __init__(self, dataset, tokenizer, args, attn_impl: str):
+    def __init__(self, dataset, tokenizer, args, attn_impl: str, device="cpu", autocast=None):
         seed_all(args.seed)
+        self.device, self.autocast = torch.device(device), autocast
         self.model = Transformer(from_name(
             "esm2_t6_8M", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id, attn_impl=attn_impl,
-        ))
+        )).to(self.device)
         cfg = run_config()
         self.optimizer = build_optimizer(self.model, cfg)
         self.runner = ObjectiveRunner("mlm", tokenizer, cfg)
@@ -68,7 +74,8 @@ class FoundrySide:
 
     def step(self) -> tuple[int, int, list[int]]:
         batch = next(self.batches)
-        loss, _ = self.runner(self.model, batch, self.seed, "cpu")
+        with _autocast(self.device, self.autocast):
+            loss, _ = self.runner(self.model, batch, self.seed, self.device)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -80,7 +87,7 @@ class FoundrySide:
 class HFSide:
     """transformers' EsmForMaskedLM on padded batches of whole (cropped) sequences."""
 
-    def __init__(self, dataset, tokenizer, args, model_cfg):
+    def __init__(self, dataset, tokenizer, args, model_cfg, device="cpu", autocast=None):
         from transformers import EsmForMaskedLM
 
         from foundry.convert.hf_esm import hf_config
@@ -88,7 +95,8 @@ class HFSide:
         seed_all(args.seed)
         config = hf_config(model_cfg)
         config._attn_implementation = "sdpa"
-        self.model = EsmForMaskedLM(config).train()
+        self.device, self.autocast = torch.device(device), autocast
+        self.model = EsmForMaskedLM(config).train().to(self.device)
         t = run_config().train  # the same AdamW settings as foundry's (foundry skips decay on norms/biases)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay)
         self.dataset, self.tokenizer, self.args = dataset, tokenizer, args
@@ -119,7 +127,9 @@ class HFSide:
 
     def step(self) -> tuple[int, int, list[int]]:
         inputs, attention_mask, labels, lengths = self._batch()
-        loss = self.model(input_ids=inputs, attention_mask=attention_mask, labels=labels).loss
+        inputs, attention_mask, labels = (x.to(self.device) for x in (inputs, attention_mask, labels))
+        with _autocast(self.device, self.autocast):
+            loss = self.model(input_ids=inputs, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
