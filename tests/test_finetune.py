@@ -52,7 +52,8 @@ def ss3_small(tmp_path_factory) -> dict:
 
 
 def run(out, source, data, strategy="full", steps=8, task="residue-classification", lr=None, merge=False, **loop):
-    settings = LoopSettings(lr=lr or (1e-3 if strategy == "full" else 5e-3), max_steps=steps, batch_size=8, eval_every=steps, progress=False, **loop)
+    loop.setdefault("eval_every", steps)
+    settings = LoopSettings(lr=lr or (1e-3 if strategy == "full" else 5e-3), max_steps=steps, batch_size=8, progress=False, **loop)
     forgetting = ForgettingOptions(docs=24, max_len=128)
     return finetune("protein", task, DataOptions(train=data["train"], valid=data["valid"], test=data.get("test")),
                     ModelOptions(source=str(source), strategy=strategy, merge=merge), settings, out, forgetting)
@@ -144,3 +145,23 @@ def test_guards_shrink_the_forgetting_increase(tmp_path, pretrained, ss3_small):
     assert all("replay_loss" in m for m in replay_log if "loss" in m and "split" not in m)
     metrics = [json.loads(line) for line in (tmp_path / "l2sp" / "metrics.jsonl").read_text().splitlines()]
     assert any("forgetting_after" in m for m in metrics) and any(m.get("split") == "test" for m in metrics)
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(tmp_path, pretrained, ss3_small):
+    # lr 0: the valid metric never improves after the first evaluation -> stop after 1 + patience
+    summary = run(tmp_path / "stop", pretrained, ss3_small, "frozen", steps=50, lr=1e-12, patience=2, eval_every=1)
+    assert summary["stopped_early"] and summary["steps"] == 3 and summary["best_step"] == 1
+
+
+def test_contact_task_trains_a_pairwise_head(tmp_path, pretrained):
+    # Synthetic labels (real ones come from structures): residue i contacts residue n-i+1.
+    rows = ["id,sequence,label"]
+    for k, seq in enumerate(["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHMLEDPVDAFQLATKALKWWGENQ", "MSTNPKPQRKTKRNTNRRPQDVKFPGG"]):
+        n = len(seq)
+        rows.append(f"p{k},{seq}," + ";".join(f"{i}-{n - i + 1}" for i in range(1, n // 2 - 3)))
+    table = tmp_path / "contacts.csv"
+    table.write_text("\n".join(rows) + "\n")
+    summary = run(tmp_path / "contact", pretrained, {"train": table, "valid": table}, "full", steps=2, task="contact")
+    assert "p_at_l5_long" in summary["valid"] and 0.0 <= summary["valid"]["p_at_l5_long"] <= 1.0
+    ft = load_finetuned(tmp_path / "contact" / "best")
+    assert ft.task.name == "contact" and ft.model.head.describe()["kind"] == "pairwise"

@@ -116,7 +116,7 @@ def read_wildtype(value: str | None, readers) -> str | None:
     return value.strip()
 
 
-def _split(path: Path | None, labels_path, data: DataOptions, readers, wildtype, require_labels=True):
+def _split(path: Path | None, labels_path, data: DataOptions, readers, wildtype):
     if path is None:
         return None
     return read_records(path, readers=readers, sequence_column=data.sequence_column, label_column=data.label_column,
