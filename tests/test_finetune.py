@@ -165,3 +165,27 @@ def test_contact_task_trains_a_pairwise_head(tmp_path, pretrained):
     assert "p_at_l5_long" in summary["valid"] and 0.0 <= summary["valid"]["p_at_l5_long"] <= 1.0
     ft = load_finetuned(tmp_path / "contact" / "best")
     assert ft.task.name == "contact" and ft.model.head.describe()["kind"] == "pairwise"
+
+
+def test_finetune_from_a_fair_esm_checkpoint_with_an_unmerged_adapter(tmp_path, ss3_small):
+    import argparse
+
+    import esm
+    from esm.model.esm2 import ESM2
+
+    from foundry.finetune.predict import load_for_prediction
+
+    torch.manual_seed(0)
+    fair = ESM2(num_layers=1, embed_dim=32, attention_heads=2, alphabet=esm.Alphabet.from_architecture("ESM-1b"))
+    state = {("encoder." if k.startswith("lm_head") else "encoder.sentence_encoder.") + k: v
+             for k, v in fair.state_dict().items() if not k.startswith("contact_head.")}
+    ns = argparse.Namespace(arch="esm2", encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=128, encoder_attention_heads=2, token_dropout=True)
+    pt = tmp_path / "esm2_t1_tiny.pt"
+    torch.save({"model": state, "cfg": {"model": ns}}, pt)
+
+    summary = run(tmp_path / "esm", pt, ss3_small, "lora", steps=2)
+    assert summary["from"] == str(pt.resolve()) and summary["forgetting"]["before"] > 0
+    ft = load_for_prediction(tmp_path / "esm" / "best")  # the base is re-imported from the .pt
+    assert ft.tokenizer.kind == "esm" and hasattr(ft.model.trunk, "peft_config")
+    examples = encode_records(read_records(ss3_small["test"]), ft.tokenizer, ft.task, None, 1024)
+    assert len(predict_logits(ft.model, examples, 4, ft.tokenizer.pad_id, "residue")) == len(examples)

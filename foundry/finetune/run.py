@@ -124,6 +124,21 @@ def _split(path: Path | None, labels_path, data: DataOptions, readers, wildtype)
                         wildtype_start=data.wildtype_start, mutation_column=data.mutation_column)
 
 
+def _forgetting_tools(modality, readers, tokenizer, forgetting: ForgettingOptions, loop: LoopSettings, pretrained: bool):
+    """The forgetting probe (pretrained trunks only) and the replay stream (``--replay``)."""
+    probe = replay = None
+    if forgetting.enabled and pretrained:
+        texts = pretraining_documents(forgetting.data or modality.default_data(), readers, forgetting.docs, "all" if forgetting.data else "valid")
+        probe = ForgettingProbe(texts, tokenizer, modality.objective, forgetting.max_len)
+    if loop.replay > 0:
+        if not 0 < loop.replay < 1:
+            raise FoundryError(f"--replay {loop.replay}: the share of pretraining data must be in (0, 1)")
+        texts = pretraining_documents(modality.default_data(), readers, 4000, "train")
+        rows = round(loop.batch_size * loop.replay / (1 - loop.replay))
+        replay = ReplayStream(texts, tokenizer, modality.objective, rows, forgetting.max_len, loop.seed)
+    return probe, replay
+
+
 def finetune(modality_name: str, task_name: str, data: DataOptions, model_opts: ModelOptions, loop: LoopSettings,
              out: Path, forgetting: ForgettingOptions | None = None) -> dict[str, Any]:
     forgetting = forgetting or ForgettingOptions()
@@ -149,17 +164,7 @@ def finetune(modality_name: str, task_name: str, data: DataOptions, model_opts: 
     pooling = model_opts.pooling or ("last" if trunk.config.causal else "mean")
     torch.manual_seed(loop.seed)
     head = head_for(task.level, trunk.config.d_model, task.n_outputs(labels), pooling, model_opts.dropout)
-    probe = replay = None
-    pretrained = model_opts.source is not None
-    if forgetting.enabled and pretrained:
-        texts = pretraining_documents(forgetting.data or modality.default_data(), readers, forgetting.docs, "all" if forgetting.data else "valid")
-        probe = ForgettingProbe(texts, tokenizer, modality.objective, forgetting.max_len)
-    if loop.replay > 0:
-        if not 0 < loop.replay < 1:
-            raise FoundryError(f"--replay {loop.replay}: the share of pretraining data must be in (0, 1)")
-        texts = pretraining_documents(modality.default_data(), readers, 4000, "train")
-        rows = round(loop.batch_size * loop.replay / (1 - loop.replay))
-        replay = ReplayStream(texts, tokenizer, modality.objective, rows, forgetting.max_len, loop.seed)
+    probe, replay = _forgetting_tools(modality, readers, tokenizer, forgetting, loop, pretrained=model_opts.source is not None)
 
     before = probe.loss(trunk) if probe is not None else None
     trunk = apply_strategy(trunk, model_opts.strategy, lora_rank=model_opts.lora_rank, lora_alpha=model_opts.lora_alpha)
