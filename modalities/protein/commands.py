@@ -1,11 +1,16 @@
-"""Protein CLI commands (placeholder; the lead replaces this file)."""
+"""The ``foundry protein`` command group: the shared pretrain/prepare/import/presets commands plus
+the protein tools (fine-tuning, prediction, embeddings, contact maps, zero-shot variant scores)."""
+
+from foundry.cli_common import modality_group
+
+from .embed_cmd import contacts_command, embed_command
+from .finetune_cmd import add_finetune_commands
+from .variants_cmd import score_variants_command
 
 
 def add_protein_commands(cli):
-    from foundry.cli_common import modality_group
-
-    cli.add_command(modality_group("protein"))
-    __import__("modalities.protein.finetune_cmd", fromlist=["_"]).add_finetune_commands(cli.commands["protein"])
-    cli.commands["protein"].add_command(__import__("modalities.protein.embed_cmd", fromlist=["_"]).embed_command)
-    cli.commands["protein"].add_command(__import__("modalities.protein.embed_cmd", fromlist=["_"]).contacts_command)
-    cli.commands["protein"].add_command(__import__("modalities.protein.variants_cmd", fromlist=["_"]).score_variants_command)
+    group = modality_group("protein")
+    add_finetune_commands(group)
+    for command in (embed_command, contacts_command, score_variants_command):
+        group.add_command(command)
+    cli.add_command(group)

@@ -1,12 +1,13 @@
-"""Text CLI commands (placeholder; the lead may replace this file)."""
+"""The ``foundry text`` command group: shared commands plus tokenizer training and fine-tuning."""
+
+from foundry.cli_common import modality_group
+
+from .finetune_cmd import add_finetune_commands
+from .train_tokenizer_cmd import train_tokenizer_command
 
 
 def add_text_commands(cli):
-    from foundry.cli_common import modality_group
-
-    from .train_tokenizer_cmd import train_tokenizer_command
-
     group = modality_group("text")
     group.add_command(train_tokenizer_command("text"))
-    __import__("modalities.text.finetune_cmd", fromlist=["_"]).add_finetune_commands(group)
+    add_finetune_commands(group)
     cli.add_command(group)
