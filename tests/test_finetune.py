@@ -51,12 +51,12 @@ def ss3_small(tmp_path_factory) -> dict:
     return paths
 
 
-def run(out, source, data, strategy="full", steps=8, task="residue-classification", lr=None, merge=False, **loop):
+def run(out, source, data, strategy="full", steps=8, task="residue-classification", lr=None, merge=False, pair_head="pairwise", **loop):
     loop.setdefault("eval_every", steps)
     settings = LoopSettings(lr=lr or (1e-3 if strategy == "full" else 5e-3), max_steps=steps, batch_size=8, progress=False, **loop)
     forgetting = ForgettingOptions(docs=24, max_len=128)
     return finetune("protein", task, DataOptions(train=data["train"], valid=data["valid"], test=data.get("test")),
-                    ModelOptions(source=str(source), strategy=strategy, merge=merge), settings, out, forgetting)
+                    ModelOptions(source=str(source), strategy=strategy, merge=merge, pair_head=pair_head), settings, out, forgetting)
 
 
 def predictions(model_dir: Path, csv: Path) -> np.ndarray:
@@ -166,6 +166,12 @@ def test_contact_task_trains_a_pairwise_head(tmp_path, pretrained):
     ft = load_finetuned(tmp_path / "contact" / "best")
     assert ft.task.name == "contact" and ft.model.head.describe()["kind"] == "pairwise"
 
+    # ESM's recipe: logistic regression on APC-corrected attention of a frozen trunk
+    run(tmp_path / "attn", pretrained, {"train": table, "valid": table}, "frozen", steps=2, task="contact", pair_head="attention")
+    ft = load_finetuned(tmp_path / "attn" / "best")
+    assert [n for n, _ in ft.model.head.named_parameters()] == ["regression.weight", "regression.bias"]
+    assert ft.model.head.regression.in_features == 2 * 4  # layers x heads of the trunk
+
 
 def test_finetune_from_a_fair_esm_checkpoint_with_an_unmerged_adapter(tmp_path, ss3_small):
     import argparse
@@ -189,3 +195,21 @@ def test_finetune_from_a_fair_esm_checkpoint_with_an_unmerged_adapter(tmp_path, 
     assert ft.tokenizer.kind == "esm" and hasattr(ft.model.trunk, "peft_config")
     examples = encode_records(read_records(ss3_small["test"]), ft.tokenizer, ft.task, None, 1024)
     assert len(predict_logits(ft.model, examples, 4, ft.tokenizer.pad_id, "residue")) == len(examples)
+
+
+def test_attention_contact_head_equals_the_trunks_esm_contact_head(pretrained):
+    from foundry.finetune.heads import AttentionContactLogits
+    from modalities.protein.alphabet import EsmTokenizer
+
+    tok = EsmTokenizer()
+    trunk = load_model(pretrained).model
+    esm_head = trunk.attach_contact_head()
+    torch.nn.init.normal_(esm_head.regression.weight)
+    ours = AttentionContactLogits(2, 4)
+    ours.regression.load_state_dict(esm_head.regression.state_dict())
+    model = FinetuneModel(trunk, ours, tok.special_ids, tok.pad_id, 2).eval()
+    tokens = torch.from_numpy(tok.encode("MKTAYIAKQRQISFVKSHFSRQLEERLGL"))[None]
+    with torch.no_grad():
+        expected = trunk.predict_contacts(tokens)  # (1, L, L) over residues
+        got = torch.sigmoid(model(tokens))[:, 1:-1, 1:-1]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

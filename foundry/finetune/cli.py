@@ -55,6 +55,8 @@ def finetune_command(modality_name: str, tasks: Sequence[str], help_text: str = 
     @click.option("--max-len", default=1024, show_default=True, help="Tokens per sequence; longer ones are cut.")
     @click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), help="Sequence tasks (default: last token for causal trunks, else mean).")
     @click.option("--dropout", default=0.1, show_default=True, help="Head dropout.")
+    @click.option("--contact-head", type=click.Choice(["pairwise", "attention"]), default="pairwise", show_default=True,
+                  help="contact: a pairwise head on embeddings, or ESM's regression on APC-corrected attention maps.")
     @click.option("--weight-decay", default=0.01, show_default=True)
     @click.option("--metric", help="Early-stopping metric on valid (default: spearman for regression, accuracy otherwise).")
     @click.option("--patience", type=int, help="Stop after this many evaluations without improvement.")
@@ -85,7 +87,7 @@ def finetune_command(modality_name: str, tasks: Sequence[str], help_text: str = 
         )
         model = ModelOptions(source=kw["source"], preset=kw["preset"], overrides=_overrides(kw["model_set"]), tokenizer=kw["tokenizer"],
                              strategy=strategy, lora_rank=kw["lora_rank"], lora_alpha=kw["lora_alpha"], merge=kw["merge"],
-                             pooling=kw["pooling"], dropout=kw["dropout"])
+                             pooling=kw["pooling"], dropout=kw["dropout"], pair_head=kw["contact_head"])
         loop = LoopSettings(lr=lr, epochs=kw["epochs"], max_steps=kw["max_steps"], batch_size=kw["batch_size"], weight_decay=kw["weight_decay"],
                             layer_decay=kw["layer_decay"], l2sp=kw["l2sp"], replay=kw["replay"], metric=kw["metric"], patience=kw["patience"],
                             eval_every=kw["eval_every"], seed=kw["seed"], progress=not kw["quiet"])

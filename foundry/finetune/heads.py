@@ -5,6 +5,11 @@
     ResidueHead    every token: dropout -> Linear -> GELU -> Linear(n_out)
     PairwiseHead   token embeddings projected to P dims; pair (i, j) -> [a_i * a_j, |a_i - a_j|]
                    -> Linear(1): symmetric contact logits (B, T, T)
+    AttentionContactLogits
+                   ESM's contact regression (Rao et al. 2020): every layer's and head's attention
+                   map, symmetrized and APC-corrected, -> Linear(L*H, 1): contact logits (B, T, T).
+                   With ``--strategy frozen`` this is exactly ESM's logistic regression on
+                   attention; special and padded positions are zeroed first, as ESM crops them.
 
 A head is rebuilt from ``describe()`` (kind + sizes), which the fine-tuned model directory stores
 next to the head's safetensors.
@@ -88,15 +93,41 @@ class PairwiseHead(nn.Module):
         return {"kind": self.kind, "d_model": self.d_model, "n_out": self.n_out, "hidden": self.hidden, "dropout": self.p}
 
 
-HEADS = {cls.kind: cls for cls in (SequenceHead, ResidueHead, PairwiseHead)}
+class AttentionContactLogits(nn.Module):
+    kind = "attention-contact"
+    needs_attention = True
+
+    def __init__(self, n_layer: int, n_head: int, n_out: int = 1):
+        super().__init__()
+        self.n_layer, self.n_head, self.n_out = n_layer, n_head, n_out
+        self.regression = nn.Linear(n_layer * n_head, 1)
+
+    def forward(self, hidden, tokens, real, residues, attentions=None):
+        from ..model.heads import apc, symmetrize
+
+        b, l, h, t, _ = attentions.shape
+        keep = residues.to(attentions.dtype)
+        feats = attentions.reshape(b, l * h, t, t) * (keep[:, :, None] * keep[:, None, :])[:, None]  # (B, C, T, T)
+        feats = apc(symmetrize(feats)).permute(0, 2, 3, 1)  # (B, T, T, C)
+        return self.regression(feats.to(self.regression.weight.dtype)).squeeze(-1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n_layer": self.n_layer, "n_head": self.n_head, "n_out": self.n_out}
 
 
-def head_for(level: str, d_model: int, n_out: int, pooling: str = "mean", dropout: float = 0.1) -> nn.Module:
+HEADS = {cls.kind: cls for cls in (SequenceHead, ResidueHead, PairwiseHead, AttentionContactLogits)}
+PAIR_HEADS = ("pairwise", "attention")
+
+
+def head_for(level: str, d_model: int, n_out: int, pooling: str = "mean", dropout: float = 0.1, *, pair_head: str = "pairwise",
+             n_layer: int = 0, n_head: int = 0) -> nn.Module:
     if level == "sequence":
         return SequenceHead(d_model, n_out, pooling, dropout=dropout)
     if level == "residue":
         return ResidueHead(d_model, n_out, dropout=dropout)
     if level == "pair":
+        if pair_head == "attention":
+            return AttentionContactLogits(n_layer, n_head, n_out)
         return PairwiseHead(d_model, n_out, dropout=dropout)
     raise ValueError(f"no head for task level {level!r}")
 
@@ -121,6 +152,7 @@ class FinetuneModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         real = tokens.ne(self.pad_id)
-        out = self.trunk(tokens, attention_mask=real, need_hidden=(self.n_layer,), need_logits=False)
+        attention = getattr(self.head, "needs_attention", False)
+        out = self.trunk(tokens, attention_mask=real, need_hidden=(self.n_layer,), need_logits=False, need_attention=attention)
         hidden = out.hidden_states[self.n_layer]
-        return self.head(hidden, tokens, real, residue_mask(tokens, self.special_ids) & real)
+        return self.head(hidden, tokens, real, residue_mask(tokens, self.special_ids) & real, out.attentions)

@@ -56,6 +56,7 @@ class ModelOptions:
     lora_alpha: float = 16.0
     merge: bool = False
     pooling: str | None = None  # default: last token for causal trunks, mean otherwise
+    pair_head: str = "pairwise"  # contact: "pairwise" (embeddings) | "attention" (ESM's APC regression)
     dropout: float = 0.1
 
 
@@ -163,7 +164,8 @@ def finetune(modality_name: str, task_name: str, data: DataOptions, model_opts: 
     examples = {k: encode_records(v, tokenizer, task, labels, data.max_len) for k, v in records.items() if v is not None}
     pooling = model_opts.pooling or ("last" if trunk.config.causal else "mean")
     torch.manual_seed(loop.seed)
-    head = head_for(task.level, trunk.config.d_model, task.n_outputs(labels), pooling, model_opts.dropout)
+    head = head_for(task.level, trunk.config.d_model, task.n_outputs(labels), pooling, model_opts.dropout,
+                    pair_head=model_opts.pair_head, n_layer=trunk.config.n_layer, n_head=trunk.config.n_head)
     probe, replay = _forgetting_tools(modality, readers, tokenizer, forgetting, loop, pretrained=model_opts.source is not None)
 
     before = probe.loss(trunk) if probe is not None else None
