@@ -13,7 +13,7 @@ The backends here all give the dense masked result (fp32: within 1e-6), chosen p
   varlen     ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention / cuDNN) over the runs, no
              gather at all: CUDA, fp16/bf16, no attention dropout.
   flex       ``flex_attention`` with a document block mask: compiled on CUDA; on CPU forward only.
-  auto       CUDA fp16/bf16 without attention dropout -> varlen; otherwise sdpa (see ``choose``).
+  auto       no document ids -> sdpa; CUDA fp16/bf16 without attention dropout -> varlen; else documents.
 
 Runs with no valid key (the padding at the end of a packed row) behave as in the dense path:
 each such query attends to itself only, so its output is its own value vector.
@@ -68,13 +68,12 @@ def choose(spec: masks.AttentionSpec, q: torch.Tensor, dropout_p: float) -> str:
             raise ValueError(f"attention {impl!r} needs each document contiguous in its row; use 'sdpa'")
         return "sdpa"
     if impl == "auto":
-        # Measured on CPU (BENCHMARKS.md): per-document SDPA did not beat one dense masked call
-        # for ESM-2 8M on UniProt lengths — CPU flash attention with 16-wide heads costs about
-        # linearly in length, so skipping off-diagonal blocks saves little and the extra calls,
-        # splits and concatenations cost more. Hence auto = varlen where it exists, else dense.
+        # Measured on the 2-core CPU (BENCHMARKS.md): per-document SDPA trains ESM-2 8M 1.34x
+        # faster than the dense mask on 1024-token rows (1.05x at 512) when the machine is quiet;
+        # under heavy contention from other processes its many small calls lost that lead.
         half = q.dtype in (torch.float16, torch.bfloat16)
         ok = q.is_cuda and half and dropout_p == 0.0 and not runs.mixed.any() and _varlen_fn() is not None
-        return "varlen" if ok else "sdpa"
+        return "varlen" if ok else "documents"
     if impl == "varlen":
         if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)) or _varlen_fn() is None:
             raise ValueError("attention 'varlen' needs torch's varlen_attn, a CUDA device and fp16/bf16")
