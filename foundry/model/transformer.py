@@ -150,7 +150,9 @@ class Transformer(nn.Module):
             n_mask = torch.zeros(seg.shape, dtype=x.dtype, device=x.device).scatter_add_(1, seg, is_mask.to(x.dtype))
             n_real = torch.zeros(seg.shape, dtype=x.dtype, device=x.device).scatter_add_(1, seg, real.to(x.dtype))
             observed = (n_mask.gather(1, seg) / n_real.gather(1, seg).clamp(min=1))[..., None]  # (B, T, 1)
-        return x * (1 - self.config.mask_ratio_train) / (1 - observed)
+        # A window made only of <mask> tokens (observed ratio 1) has nothing left to rescale;
+        # clamping keeps it finite instead of dividing by zero (ratios < 1 are unchanged).
+        return x * (1 - self.config.mask_ratio_train) / (1 - observed).clamp(min=1e-6)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, T, D) -> logits (B, T, vocab)."""
