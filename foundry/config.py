@@ -62,7 +62,7 @@ class ObjectiveSection:
 
 @dataclass
 class TrainSection:
-    max_steps: int = 600
+    max_steps: int = 400
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 40
