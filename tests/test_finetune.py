@@ -174,6 +174,14 @@ def test_contact_task_trains_a_pairwise_head(tmp_path, pretrained):
     assert "p_at_l5_long" in summary["valid"] and 0.0 <= summary["valid"]["p_at_l5_long"] <= 1.0
     ft = load_finetuned(tmp_path / "contact" / "best")
     assert ft.task.name == "contact" and ft.model.head.describe()["kind"] == "pairwise"
+    # predict writes the top pairs into the CSV and every map as .npy + .png beside it
+    from foundry.finetune.predict import predict_file
+
+    assert predict_file(tmp_path / "contact" / "best", table, tmp_path / "preds.csv") == 3
+    maps = tmp_path / "preds_maps"
+    probs = np.load(maps / "p1.npy")
+    assert probs.shape == (26, 26) and ((probs >= 0) & (probs <= 1)).all()
+    assert (maps / "p1.png").read_bytes().startswith(b"\x89PNG")
 
     # ESM's recipe: logistic regression on APC-corrected attention of a frozen trunk
     run(tmp_path / "attn", pretrained, {"train": table, "valid": table}, "frozen", steps=2, task="contact", pair_head="attention")

@@ -46,15 +46,45 @@ def predict_file(model_dir: Path, input_path: Path, output: Path, *, sequence_co
     examples = encode_records(records, ft.tokenizer, ft.task, None, meta.get("max_len", 1024))
     logits = predict_logits(ft.model, examples, batch_size, ft.tokenizer.pad_id, ft.task.level)
     front, _ = special_layout(ft.tokenizer)
-    rows = []
+    rows, maps = [], []
     for example, out in zip(examples, logits):
         if ft.task.level != "sequence":  # drop the special tokens: one output per residue
             n = len(example.tokens) - len(ft.tokenizer.encode("", add_special_tokens=True))
             out = out[front : front + n] if ft.task.level == "residue" else out[front : front + n, front : front + n]
         rows.append({"id": example.id, "sequence": example.sequence, **ft.task.describe(np.asarray(out), ft.labels)})
+        if ft.task.level == "pair":
+            maps.append(1.0 / (1.0 + np.exp(-np.asarray(out, dtype=np.float64))))
     columns = list(rows[0]) if rows else ["id", "sequence", "prediction"]
     _write_csv(Path(output), columns, rows)
+    if maps:
+        write_maps(map_folder(Path(output)), [r["id"] for r in rows], maps)
     return len(rows)
+
+
+def map_folder(output: Path) -> Path:
+    """Pairwise predictions go beside the CSV: ``preds.csv`` -> ``preds_maps/``."""
+    return output.with_name(output.stem + "_maps")
+
+
+def write_maps(folder: Path, ids: list[str], maps: list[np.ndarray]) -> None:
+    """One ``<id>.npy`` (L, L) probability map and ``<id>.png`` picture per record, written into a
+    temporary folder that replaces ``folder`` only when complete."""
+    import shutil
+    import tempfile
+
+    from ..images import contact_image, safe_names, write_png
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        for name, probs in zip(safe_names(ids), maps):
+            np.save(tmp / f"{name}.npy", probs.astype(np.float32))
+            write_png(tmp / f"{name}.png", contact_image(probs))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
