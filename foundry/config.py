@@ -80,6 +80,7 @@ class TrainSection:
     save_every: int = 200
     keep_checkpoints: int = 2
     progress: bool = True
+    report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, …
 
 
 @dataclass

@@ -7,6 +7,8 @@ foundry …`` (or ``foundry … pretrain --processes 2``) then trains data-paral
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator, PartialState
 
@@ -19,8 +21,24 @@ def process_state() -> PartialState:
     return PartialState(cpu=on_cpu_only())
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu_only())
+def make_accelerator(mixed_precision: str, report_to: list[str] | None = None, project_dir=None) -> Accelerator:
+    """An Accelerator for this machine; ``report_to`` names accelerate trackers (tensorboard,
+    wandb, …) that must be installed: a missing one is an error, not a silent no-op."""
+    if not report_to:
+        return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu_only())
+    from accelerate.tracking import filter_trackers
+
+    from .errors import ConfigError
+
+    logging_dir = str(Path(project_dir) / "logs")
+    available = {str(getattr(t, "value", t)) for t in filter_trackers(list(report_to), logging_dir)}
+    missing = [name for name in report_to if name not in available]
+    if missing:
+        raise ConfigError(f"train.report_to: {', '.join(missing)} not installed (pip install {' '.join(missing)})")
+    from accelerate.utils import ProjectConfiguration
+
+    project = ProjectConfiguration(project_dir=str(project_dir), logging_dir=logging_dir)
+    return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu_only(), log_with=list(report_to), project_config=project)
 
 
 def relaunch_with_torchrun(processes: int) -> None:

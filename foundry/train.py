@@ -112,7 +112,9 @@ class ObjectiveRunner:
 
 def run_training(setup: TrainSetup) -> dict[str, Any]:
     cfg, t = setup.cfg, setup.cfg.train
-    accelerator = make_accelerator(t.mixed_precision)
+    accelerator = make_accelerator(t.mixed_precision, t.report_to, setup.run_dir)
+    if t.report_to:
+        accelerator.init_trackers(setup.run_dir.name, config=_flat(cfg.to_dict()))
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(t.seed)
     optimizer = build_optimizer(setup.model, cfg)
@@ -154,11 +156,14 @@ def run_training(setup: TrainSetup) -> dict[str, Any]:
         if log is not None and (step % t.log_every == 0 or step == t.max_steps or step == 1):
             elapsed = time.perf_counter() - window_start
             tps = window_tokens / elapsed if elapsed > 0 else float("nan")
-            log.write({
+            record = {
                 "step": step, "loss": step_loss, "lr": lr, "tokens": tokens_seen, "tokens_per_s": tps,
                 "padding_fraction": 1.0 - float(stats[1]) / float(stats[2]),
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            })
+            }
+            log.write(record)
+            if t.report_to:
+                accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
             window_tokens, window_start = 0, time.perf_counter()
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}")
         bar.update(1)
@@ -167,12 +172,16 @@ def run_training(setup: TrainSetup) -> dict[str, Any]:
             last_eval = evaluate(model, setup, runner, accelerator)
             if log is not None:
                 log.write({"step": step, "tokens": tokens_seen, **last_eval})
+                if t.report_to:
+                    accelerator.log({k: v for k, v in last_eval.items() if k != "val_targets"}, step=step)
                 bar.write(f"step {step}: val_loss {last_eval['val_loss']:.4f} (unigram baseline {last_eval['baseline_loss']:.4f})")
         if step % t.save_every == 0 or step == t.max_steps:
             _save(setup, accelerator, model, optimizer, step, tokens_seen)
     bar.close()
     if log is not None:
         log.close()
+    if t.report_to:
+        accelerator.end_training()
     if last_eval is None:  # resumed at or past max_steps: still report where the model stands
         last_eval = evaluate(model, setup, runner, accelerator)
     return {"step": step, "tokens": tokens_seen, **last_eval}
@@ -195,6 +204,17 @@ def evaluate(model, setup: TrainSetup, runner: ObjectiveRunner, accelerator: Acc
     count = max(1.0, float(totals[2]))
     val_loss = float(totals[0]) / count
     return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)), "baseline_loss": float(totals[1]) / count, "val_targets": int(count)}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config as flat ``a.b`` keys with scalar values, as trackers want hyperparameters."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
 
 
 def _unigram_log_probs(counts: torch.Tensor) -> torch.Tensor:

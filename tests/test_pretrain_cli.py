@@ -112,3 +112,14 @@ def test_resume_on_something_that_is_not_a_run(tmp_path):
 def test_unknown_modality():
     result = foundry("dna", "pretrain", check=False)
     assert result.returncode != 0 and "No such command 'dna'" in result.stderr
+
+
+def test_a_tracker_that_is_not_installed_is_an_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    out = tmp_path / "run"
+    result = foundry("protein", "pretrain", "--out", str(out), "--set", "train.report_to=[tensorboard]", *TINY, check=False)
+    assert result.returncode != 0 and "train.report_to: tensorboard not installed (pip install tensorboard)" in result.stderr
+    assert not out.exists()
