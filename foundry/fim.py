@@ -55,11 +55,15 @@ def _psm(segment: torch.Tensor, keep: torch.Tensor, prefix_id: int, middle_id: i
     cuts = torch.sort(torch.randint(0, len(body) + 1, (2,), generator=generator)).values.tolist()
     prefix, middle, suffix = body[: cuts[0]], body[cuts[0] : cuts[1]], body[cuts[1] :]
     sentinel = lambda i: torch.tensor([i], dtype=segment.dtype)  # noqa: E731
-    # Three sentinels in, three tokens out: trimmed from the end of the suffix, then of the middle.
+    # Three sentinels in, three tokens out: trimmed from the end of the suffix, then of the middle,
+    # then of the prefix (the body has at least MIN_FIM_TOKENS > 3 tokens).
     overflow = 3
-    trim = min(overflow, len(suffix))
-    suffix = suffix[: len(suffix) - trim]
-    middle = middle[: len(middle) - (overflow - trim)]
+    parts = [prefix, middle, suffix]
+    for k in (2, 1, 0):
+        cut = min(overflow, len(parts[k]))
+        parts[k] = parts[k][: len(parts[k]) - cut]
+        overflow -= cut
+    prefix, middle, suffix = parts
     arranged = torch.cat([segment[:lead], sentinel(prefix_id), prefix, sentinel(suffix_id), suffix, sentinel(middle_id), middle, segment[len(segment) - tail :]])
     assert len(arranged) == len(segment)
     return arranged

@@ -110,6 +110,49 @@ class ObjectiveRunner:
         return loss, labels
 
 
+class Reporter:
+    """Where a run's numbers go: metrics.jsonl, the progress bar, accelerate trackers (main
+    process only), with tokens/s measured over each logging window."""
+
+    def __init__(self, setup: TrainSetup, accelerator: Accelerator, step: int):
+        t = setup.cfg.train
+        self.accelerator, self.trackers = accelerator, bool(t.report_to)
+        main = accelerator.is_main_process
+        self.log = MetricsLog(setup.run_dir / "metrics.jsonl", truncate_after_step=step) if main else None
+        self.bar = tqdm(total=t.max_steps, initial=step, disable=not (t.progress and main), dynamic_ncols=True, unit="step")
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+
+    def step(self, record: dict[str, Any], new_tokens: int, write: bool) -> None:
+        self.window_tokens += new_tokens
+        self.bar.update(1)
+        if not write or self.log is None:
+            return
+        elapsed = time.perf_counter() - self.window_start
+        record["tokens_per_s"] = self.window_tokens / elapsed if elapsed > 0 else float("nan")
+        self._write(record)
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+
+    def evaluation(self, step: int, tokens: int, result: dict[str, float]) -> None:
+        if self.log is None:
+            return
+        self._write({"step": step, "tokens": tokens, **result})
+        self.bar.write(f"step {step}: val_loss {result['val_loss']:.4f} (unigram baseline {result['baseline_loss']:.4f})")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.log.write(record)
+        if self.trackers:
+            numbers = {k: v for k, v in record.items() if k not in ("step", "val_targets") and v is not None}
+            self.accelerator.log(numbers, step=record["step"])
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.log is not None:
+            self.log.close()
+        if self.trackers:
+            self.accelerator.end_training()
+
+
 def run_training(setup: TrainSetup) -> dict[str, Any]:
     cfg, t = setup.cfg, setup.cfg.train
     accelerator = make_accelerator(t.mixed_precision, t.report_to, setup.run_dir)
@@ -123,10 +166,8 @@ def run_training(setup: TrainSetup) -> dict[str, Any]:
         step, tokens_seen = _restore(setup, optimizer)
     model, optimizer = accelerator.prepare(setup.model, optimizer)
     runner = ObjectiveRunner(setup.objective, setup.tokenizer, cfg)
-    log = MetricsLog(setup.run_dir / "metrics.jsonl", truncate_after_step=step) if accelerator.is_main_process else None
-
-    bar = tqdm(total=t.max_steps, initial=step, disable=not (t.progress and accelerator.is_main_process), dynamic_ncols=True, unit="step")
-    window_tokens, window_start, last_eval = 0, time.perf_counter(), None
+    reporter = Reporter(setup, accelerator, step)
+    last_eval = None
     while step < t.max_steps:
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
@@ -148,40 +189,23 @@ def run_training(setup: TrainSetup) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
+        # Averages and token counts over all processes.
         stats = torch.tensor([torch.stack(losses).mean().item(), real, padded], dtype=torch.float64, device=accelerator.device)
         stats = accelerator.reduce(stats, reduction="sum")
-        step_loss = float(stats[0]) / world
         tokens_seen += int(stats[1])
-        window_tokens += int(stats[1])
-        if log is not None and (step % t.log_every == 0 or step == t.max_steps or step == 1):
-            elapsed = time.perf_counter() - window_start
-            tps = window_tokens / elapsed if elapsed > 0 else float("nan")
-            record = {
-                "step": step, "loss": step_loss, "lr": lr, "tokens": tokens_seen, "tokens_per_s": tps,
-                "padding_fraction": 1.0 - float(stats[1]) / float(stats[2]),
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            }
-            log.write(record)
-            if t.report_to:
-                accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
-            window_tokens, window_start = 0, time.perf_counter()
-            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}")
-        bar.update(1)
+        record = {
+            "step": step, "loss": float(stats[0]) / world, "lr": lr, "tokens": tokens_seen,
+            "padding_fraction": 1.0 - float(stats[1]) / float(stats[2]),
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        }
+        reporter.step(record, int(stats[1]), write=step % t.log_every == 0 or step == t.max_steps or step == 1)
 
         if step % t.eval_every == 0 or step == t.max_steps:
             last_eval = evaluate(model, setup, runner, accelerator)
-            if log is not None:
-                log.write({"step": step, "tokens": tokens_seen, **last_eval})
-                if t.report_to:
-                    accelerator.log({k: v for k, v in last_eval.items() if k != "val_targets"}, step=step)
-                bar.write(f"step {step}: val_loss {last_eval['val_loss']:.4f} (unigram baseline {last_eval['baseline_loss']:.4f})")
+            reporter.evaluation(step, tokens_seen, last_eval)
         if step % t.save_every == 0 or step == t.max_steps:
             _save(setup, accelerator, model, optimizer, step, tokens_seen)
-    bar.close()
-    if log is not None:
-        log.close()
-    if t.report_to:
-        accelerator.end_training()
+    reporter.close()
     if last_eval is None:  # resumed at or past max_steps: still report where the model stands
         last_eval = evaluate(model, setup, runner, accelerator)
     return {"step": step, "tokens": tokens_seen, **last_eval}

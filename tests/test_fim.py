@@ -35,6 +35,14 @@ def test_psm_order_keeps_length_ends_and_content():
         assert out[0, 22:].tolist() == tokens[0, 22:].tolist(), "documents too short are left alone, padding too"
 
 
+def test_cuts_at_the_very_end_keep_the_length():
+    # Every pair of cut points, including a middle and suffix shorter than the three sentinels.
+    tokens, docs = _row()
+    for seed in range(300):
+        out = _fim(tokens, docs, rate=1.0, seed=seed)
+        assert out.shape == tokens.shape and out[0, 21] == EOS
+
+
 def test_rate_zero_is_identity_and_the_generator_fixes_the_cuts():
     tokens, docs = _row()
     assert torch.equal(_fim(tokens, docs, rate=0.0), tokens)
