@@ -65,7 +65,7 @@ def register_modalities(register):
             build_tokenizer=build_tokenizer,
             default_data=default_data,
             import_tokenizer=import_tokenizer,
-            config_defaults={"train.max_steps": 300, "objective.fim_rate": 0.5, "data.max_len": 512, "tokenizer.vocab_size": DEFAULT_VOCAB_SIZE},
+            config_defaults={"train.max_steps": 200, "objective.fim_rate": 0.5, "data.max_len": 512, "tokenizer.vocab_size": DEFAULT_VOCAB_SIZE},
         )
     )
 
