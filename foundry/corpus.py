@@ -34,7 +34,10 @@ class RunData:
 
 
 def resolve_paths(cfg: RunConfig, modality: Modality) -> list[Path]:
-    return [Path(p) for p in cfg.data.paths] if cfg.data.paths else list(modality.default_data())
+    paths = [Path(p) for p in cfg.data.paths] if cfg.data.paths else list(modality.default_data())
+    if not paths:
+        raise DataError(f"no --data given and the {modality.name} modality bundles no default corpus")
+    return paths
 
 
 def load_run_data(cfg: RunConfig, modality: Modality, tokenizer=None) -> RunData:

@@ -1,0 +1,1 @@
+"""foundry-dna: an example third-party modality (DNA as nucleotide tokens)."""

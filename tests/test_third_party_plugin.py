@@ -1,0 +1,50 @@
+"""A third-party modality package (plugins/foundry-dna) installed with pip shows up in
+`foundry plugins` and pretrains through the same engine, with no change to foundry."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PLUGIN = Path(__file__).parent.parent / "plugins" / "foundry-dna"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(PLUGIN)], check=True, capture_output=True, timeout=300)
+    return target
+
+
+def _foundry(site, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
+    env["PYTHONPATH"] = str(site)
+    return subprocess.run([sys.executable, "-m", "foundry", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_installed_plugin_is_listed_with_its_package_and_contributions(site):
+    out = _foundry(site, "plugins").stdout
+    assert "dna  (foundry-dna 0.1.0)" in out
+    assert "dna (mlm, default preset esm2_tiny)" in out and "tokenizers: dna" in out
+
+
+def test_installed_plugin_pretrains_and_rejects_bad_input(site, tmp_path):
+    fasta = tmp_path / "genome.fna"
+    bases = "ACGTTGCAACGGTACCATGGCATTACGATCGATCGGCTAAGCTTGCA"
+    fasta.write_text("".join(f">frag{i}\n{bases[i % 7:] * 3}\n" for i in range(40)))
+    out = tmp_path / "run"
+    result = _foundry(site, "dna", "pretrain", "--data", str(fasta), "--out", str(out), "--max-steps", "2", "--quiet",
+                      "--set", "data.max_len=128", "--set", "data.batch_tokens=512", "--set", "data.valid_fraction=0.1")
+    assert result.returncode == 0, result.stderr
+    assert "final val_loss" in result.stdout and (out / "final" / "tokenizer" / "dna_tokenizer.json").is_file()
+
+    bad = tmp_path / "bad.fna"
+    bad.write_text(">x\nACGTQ\n")
+    result = _foundry(site, "dna", "pretrain", "--data", str(bad), "--out", str(tmp_path / "bad"))
+    assert result.returncode != 0
+    assert "bad.fna: record 'x': character 'Q' at position 5 is not a nucleotide" in result.stderr
+    result = _foundry(site, "dna", "pretrain", "--out", str(tmp_path / "nodata"))
+    assert "no --data given and the dna modality bundles no default corpus" in result.stderr
