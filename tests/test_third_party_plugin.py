@@ -2,6 +2,7 @@
 `foundry plugins` and pretrains through the same engine, with no change to foundry."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,12 @@ PLUGIN = Path(__file__).parent.parent / "plugins" / "foundry-dna"
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    # Build from a copy: setuptools writes build/ next to the sources it is given.
+    source = tmp_path_factory.mktemp("src") / PLUGIN.name
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(PLUGIN)], check=True, capture_output=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
     return target
 
 

@@ -1,1 +1,0 @@
-"""foundry-dna: an example third-party modality (DNA as nucleotide tokens)."""
