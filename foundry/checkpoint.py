@@ -25,31 +25,11 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_write_text, fsync_tree
 from .errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def fsync_tree(directory: Path) -> None:
-    for file in Path(directory).rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
 
 
 def save_checkpoint(

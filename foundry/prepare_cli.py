@@ -20,9 +20,9 @@ def run_prepare(modality: str, inputs: list[Path], out: Path, *, workers: int, v
         settings["vocab_size"] = vocab_size
     manifest = prepare_modality(modality, inputs, out, workers=workers, valid_fraction=valid_fraction,
                                 overwrite=overwrite, tokenizer=tokenizer, tokenizer_settings=settings)
-    data = open_prepared(out, expected_fingerprint=manifest.tokenizer_fingerprint)
-    click.echo(f"prepared {out}: train {len(data.train):,} documents / {int(data.train.lengths.sum()):,} tokens, "
-               f"valid {len(data.valid):,} documents / {int(data.valid.lengths.sum()):,} tokens")
+    train, valid = manifest.train, manifest.valid
+    click.echo(f"prepared {out}: train {train.docs:,} documents / {train.tokens:,} tokens, "
+               f"valid {valid.docs:,} documents / {valid.tokens:,} tokens")
 
 
 def _tokenizer_of(path: Path):

@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text, latest_checkpoint
+from .atomic import atomic_write_text
+from .checkpoint import latest_checkpoint
 from .config import RunConfig
 from .corpus import RunData, load_run_data
 from .data.packing import PackedStream, evaluation_batches
 from .distributed import process_state
-from .errors import ConfigError, FoundryError
+from .errors import FoundryError
+from .loading import model_from_preset
 from .modality import Modality
 from .plugins import get_manager
 from .train import TrainSetup, run_training
@@ -28,20 +30,7 @@ UNIGRAM_SAMPLE_DOCS = 5000
 
 
 def build_model(cfg: RunConfig, modality: Modality, tokenizer):
-    from .model import Transformer, from_name
-
-    preset = cfg.model.preset or modality.default_preset
-    if preset not in modality.presets:
-        from .registry import unknown_name_message
-
-        raise ConfigError(unknown_name_message(f"{modality.name} preset", preset, modality.presets))
-    fields = {"vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id, "mask_id": tokenizer.mask_id}
-    fields.update(cfg.model.overrides)
-    try:
-        model_cfg = from_name(preset, **fields)
-    except TypeError as exc:
-        raise ConfigError(f"model.overrides: {exc}") from None
-    return Transformer(model_cfg)
+    return model_from_preset(modality, cfg.model.preset, tokenizer, cfg.model.overrides)
 
 
 def model_saver(tokenizer, modality: Modality):

@@ -251,8 +251,14 @@ def test_hf_esm1b_layout_is_refused(tmp_path):
 # -- bad input -------------------------------------------------------------------------------
 
 
+def load_checkpoint(path):
+    """Read back a checkpoint this test wrote, as foundry does: tensors plus argparse.Namespace only."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, weights_only=True)
+
+
 def test_missing_tensor_is_named(fair, tmp_path):
-    data = torch.load(fair[2], weights_only=False)
+    data = load_checkpoint(fair[2])
     del data["model"]["encoder.sentence_encoder.layers.1.fc2.weight"]
     torch.save(data, tmp_path / "esm2_broken.pt")
     with pytest.raises(CheckpointError, match=r"esm2_broken\.pt: missing tensor 'layers\.1\.fc2\.weight'"):
@@ -260,7 +266,7 @@ def test_missing_tensor_is_named(fair, tmp_path):
 
 
 def test_wrong_shape_is_named(fair, tmp_path):
-    data = torch.load(fair[2], weights_only=False)
+    data = load_checkpoint(fair[2])
     data["model"]["encoder.sentence_encoder.layers.0.fc1.weight"] = torch.zeros(128, 64)
     torch.save(data, tmp_path / "esm2_shape.pt")
     with pytest.raises(CheckpointError, match=r"'layers\.0\.fc1\.weight' has shape \(128, 64\), expected \(256, 64\)"):
@@ -268,7 +274,7 @@ def test_wrong_shape_is_named(fair, tmp_path):
 
 
 def test_unexpected_tensor_is_named(fair, tmp_path):
-    data = torch.load(fair[2], weights_only=False)
+    data = load_checkpoint(fair[2])
     data["model"]["encoder.sentence_encoder.layers.0.adapter.weight"] = torch.zeros(3)
     torch.save(data, tmp_path / "esm2_extra.pt")
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'layers\.0\.adapter\.weight'"):

@@ -7,7 +7,7 @@ import torch
 from esm.model.esm2 import ESM2
 
 from foundry.errors import ConfigError, FoundryError
-from foundry.model import PRESETS, ModelConfig, Transformer, from_name, list_presets
+from foundry.model import ModelConfig, Transformer, from_name, list_presets
 from foundry.model.masks import attention_mask, position_ids
 
 TOL = 1e-5

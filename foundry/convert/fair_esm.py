@@ -11,13 +11,12 @@ which holds the architecture (``cfg["model"]``) in fairseq-trained checkpoints.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError, FoundryError
 from ..model.config import ModelConfig
 from ..model.presets import PRESETS
@@ -178,19 +177,6 @@ def export_fair_esm(model: Transformer, path) -> Path:
         n = cfg.n_layer * cfg.n_head
         head = {"contact_head.regression.weight": torch.zeros(1, n), "contact_head.regression.bias": torch.zeros(1)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_torch_save({"model": prefixed, "cfg": {"model": ns}}, path)
-    _atomic_torch_save({"model": head}, regression_path(path))
+    atomic_write(path, lambda f: torch.save({"model": prefixed, "cfg": {"model": ns}}, f), binary=True)
+    atomic_write(regression_path(path), lambda f: torch.save({"model": head}, f), binary=True)
     return path
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

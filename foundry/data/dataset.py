@@ -60,6 +60,3 @@ class InMemoryTokens:
 
     def record_id(self, index: int) -> str:
         return self._record_ids[index]
-
-    def subset(self, indices: Sequence[int]) -> "InMemoryTokens":
-        return InMemoryTokens([self[i] for i in indices], [self._record_ids[i] for i in indices], self.tokenizer_fingerprint)

@@ -139,26 +139,27 @@ class PackedStream:
         return rows
 
     def materialize(self, rows: list[list[Piece]], index: int) -> Batch:
-        tokens = np.full((len(rows), self.max_len), self.pad_id, dtype=np.int64)
-        doc_ids = np.zeros((len(rows), self.max_len), dtype=np.int64)
-        real = 0
-        for r, pieces in enumerate(rows):
-            at = 0
-            for d, piece in enumerate(pieces, start=1):
-                ids = self.dataset[piece.doc][piece.start : piece.start + piece.length]
-                tokens[r, at : at + piece.length] = ids
-                doc_ids[r, at : at + piece.length] = d
-                at += piece.length
-            real += at
-        return Batch(torch.from_numpy(tokens), torch.from_numpy(doc_ids), real, index)
+        return materialize(self.dataset, rows, self.max_len, self.pad_id, index)
 
     def batches(self, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """Endless micro-batches of this rank, continuing from the current state."""
         while True:
-            index = self.state.micro_batches
-            plan = self.next_plan()
-            if index % world_size == rank:
-                yield self.materialize(plan, index)
+            yield next_batch_for_rank(self, rank, world_size)
+
+
+def materialize(dataset: TokenDataset, rows: list[list[Piece]], max_len: int, pad_id: int, index: int) -> Batch:
+    """Read the planned pieces into a padded (rows, max_len) batch with per-row document ids."""
+    tokens = np.full((len(rows), max_len), pad_id, dtype=np.int64)
+    doc_ids = np.zeros((len(rows), max_len), dtype=np.int64)
+    real = 0
+    for r, pieces in enumerate(rows):
+        at = 0
+        for d, piece in enumerate(pieces, start=1):
+            tokens[r, at : at + piece.length] = dataset[piece.doc][piece.start : piece.start + piece.length]
+            doc_ids[r, at : at + piece.length] = d
+            at += piece.length
+        real += at
+    return Batch(torch.from_numpy(tokens), torch.from_numpy(doc_ids), real, index)
 
 
 def evaluation_batches(dataset: TokenDataset, *, max_len: int, batch_tokens: int, pad_id: int, limit: int | None = None) -> list[Batch]:
@@ -169,14 +170,13 @@ def evaluation_batches(dataset: TokenDataset, *, max_len: int, batch_tokens: int
     for doc, length in enumerate(np.asarray(dataset.lengths)):
         for start in range(0, int(length), max_len):
             pieces.append(Piece(doc, start, min(max_len, int(length) - start)))
-    packer = _FixedPacker(dataset, max_len, rows_per_batch, pad_id)
     batches: list[Batch] = []
     rows: list[list[Piece]] = [[] for _ in range(rows_per_batch)]
     free = [max_len] * rows_per_batch
     for piece in pieces:
         target = next((r for r in range(rows_per_batch) if free[r] >= piece.length), None)
         if target is None:
-            batches.append(packer.materialize(rows, len(batches)))
+            batches.append(materialize(dataset, rows, max_len, pad_id, len(batches)))
             if limit is not None and len(batches) >= limit:
                 return batches
             rows = [[] for _ in range(rows_per_batch)]
@@ -185,13 +185,8 @@ def evaluation_batches(dataset: TokenDataset, *, max_len: int, batch_tokens: int
         rows[target].append(piece)
         free[target] -= piece.length
     if any(rows):
-        batches.append(packer.materialize([r for r in rows if r], len(batches)))
+        batches.append(materialize(dataset, [r for r in rows if r], max_len, pad_id, len(batches)))
     return batches
-
-
-class _FixedPacker(PackedStream):
-    def __init__(self, dataset, max_len, rows, pad_id):  # noqa: D107 - reuses materialize only
-        self.dataset, self.max_len, self.rows, self.pad_id = dataset, max_len, rows, pad_id
 
 
 def next_batch_for_rank(stream: PackedStream, rank: int, world_size: int) -> Batch:

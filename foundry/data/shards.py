@@ -32,6 +32,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..errors import DataError
 
 SHARD_FORMAT = "foundry-shards"
@@ -55,13 +56,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temp file + fsync + rename: readers see all or nothing."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
     _fsync_dir(path.parent)
 
 

@@ -13,6 +13,14 @@
     cli.py          `foundry <modality> finetune` / `predict`, attached by each modality
 """
 
-from .tasks import TASKS, LabelInfo, Task, get_task, register_task, unregister_task
-
 __all__ = ["TASKS", "LabelInfo", "Task", "get_task", "register_task", "unregister_task"]
+
+
+def __getattr__(name: str):
+    # The task registry pulls in torch; resolve it on first use so that building the CLI (which
+    # imports finetune.cli through every modality) stays fast.
+    if name in __all__:
+        from . import tasks
+
+        return getattr(tasks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_write_text
+from ..atomic import atomic_write_text
 from ..plugins import get_manager
 from .data import encode_records, read_records, special_layout
 from .loop import predict_logits

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write_text
-from ..errors import CheckpointError, FoundryError
+from ..atomic import atomic_write_text
+from ..errors import FoundryError
 from ..metrics import MetricsLog
 from ..plugins import get_manager
 from .data import encode_records, read_records
@@ -69,40 +69,24 @@ class ForgettingOptions:
 
 
 def load_trunk(modality, opts: ModelOptions, seed: int):
-    """(Transformer, tokenizer, base spec). ``--from`` a foundry model dir or an outside format."""
-    from ..convert import detect_format, import_model
+    """(Transformer, tokenizer, base spec). ``--from`` a model dir or an outside format; ``--model``
+    a preset from scratch. ``--tokenizer`` replaces the tokenizer the model would come with."""
     from ..convert.hub import resolve_model_path
-    from ..model.store import load_model
+    from ..loading import load_for_modality, model_from_preset
 
     if opts.source and opts.preset:
         raise FoundryError("--from and --model exclude each other: --from fine-tunes a pretrained model, --model trains a preset from scratch")
-    settings = {"path": opts.tokenizer}
+    given = modality.build_tokenizer([], {"path": opts.tokenizer}) if opts.tokenizer else None
     if opts.source:
         path = resolve_model_path(opts.source)
-        if detect_format(path) == "foundry":
-            loaded = load_model(path)
-            if loaded.modality != modality.name:
-                raise CheckpointError(f"{path}: a {loaded.modality} model cannot be fine-tuned by `foundry {modality.name} finetune`")
-            tokenizer = loaded.tokenizer or modality.build_tokenizer([], settings)
-            model = loaded.model
-        else:
-            model = import_model(path, allow_missing_head=True).model
-            tokenizer = modality.build_tokenizer([], settings)
-        if model.config.vocab_size < tokenizer.vocab_size:
-            raise CheckpointError(f"{path}: the model has {model.config.vocab_size} token embeddings but the tokenizer has {tokenizer.vocab_size} ids")
+        model, tokenizer, _ = load_for_modality(path, modality, allow_missing_head=True, tokenizer=given)
         return model, tokenizer, str(Path(path).resolve())
-    from ..model import Transformer, from_name
-    from ..registry import unknown_name_message
-
-    preset = opts.preset or modality.default_preset
-    if preset not in modality.presets:
-        raise FoundryError(unknown_name_message(f"{modality.name} preset", preset, modality.presets))
-    if opts.tokenizer is None and modality.objective == "clm":
-        raise FoundryError(f"--model {preset}: a {modality.name} model from scratch needs --tokenizer DIR (a tokenizer or model dir)")
-    tokenizer = modality.build_tokenizer([], settings)
-    fields = {"vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id, "mask_id": tokenizer.mask_id, **opts.overrides}
+    if given is None and modality.objective == "clm":
+        raise FoundryError(f"--model {opts.preset or modality.default_preset}: a {modality.name} model from scratch "
+                           "needs --tokenizer DIR (a tokenizer or model dir)")
+    tokenizer = given or modality.build_tokenizer([], {"path": None})
     torch.manual_seed(seed)
-    return Transformer(from_name(preset, **fields)), tokenizer, None
+    return model_from_preset(modality, opts.preset, tokenizer, opts.overrides), tokenizer, None
 
 
 def read_wildtype(value: str | None, readers) -> str | None:

@@ -13,11 +13,11 @@ import sysconfig
 from pathlib import Path
 from typing import Any, Iterable
 
-from foundry.errors import CheckpointError
 from foundry.hookspecs import hookimpl
 from foundry.modality import Modality
 from foundry.readers import Document
 from modalities.text.bpe import BpeTokenizer
+from modalities.text.plugin import import_tokenizer  # imported code models carry the same HF tokenizers
 
 from .readers import SOURCE_READER
 from .tokenizer import DEFAULT_VOCAB_SIZE, TRAIN_SAMPLE_BYTES, train_code_tokenizer
@@ -33,13 +33,6 @@ def build_tokenizer(documents: Iterable[Document], settings: dict[str, Any]) -> 
         settings.get("vocab_size") or DEFAULT_VOCAB_SIZE,
         settings.get("sample_bytes") or TRAIN_SAMPLE_BYTES,
     )
-
-
-def import_tokenizer(path: Path, source_format: str) -> BpeTokenizer:
-    """The tokenizer shipped in an imported transformers directory (Llama, Mistral, GPT-2)."""
-    if not Path(path).is_dir():
-        raise CheckpointError(f"{path}: {source_format} checkpoints carry no BPE tokenizer; import a transformers directory")
-    return BpeTokenizer.from_hf(path)
 
 
 def default_data() -> list[Path]:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
-import uuid
 from pathlib import Path
 
 import click
 
+from foundry.atomic import atomic_write_text
 from foundry.errors import DataError, FoundryError
 
 
@@ -131,10 +130,5 @@ def score_variants_command(model, wildtype, table, out, strategy, mutation_colum
         sys.stdout.write(buffer.getvalue())
         click.echo(f"{len(scorable)} variants scored ({strategy}){note}", err=True)
         return
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(out, buffer.getvalue())
     click.echo(f"{len(scorable)} variants scored ({strategy}){note} -> {out}", err=True)

@@ -8,12 +8,12 @@ Used by ``BpeTokenizer.from_hf`` / ``save_hf``. Knows the three files transforme
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from foundry.atomic import atomic_write_text
 from foundry.errors import CheckpointError
 
 ROLES = ("pad", "bos", "eos", "unk", "mask")
@@ -35,13 +35,7 @@ VERY_LARGE_INTEGER = int(1e30)  # transformers' "no limit" model_max_length
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file and a rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, text)
 
 
 def read_json(path: Path) -> Any:
