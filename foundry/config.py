@@ -54,6 +54,7 @@ class DataSection:
 
 @dataclass
 class ObjectiveSection:
+    name: str = ""  # a registered objective (mlm, clm, fim, …); empty = the modality's own
     mask_prob: float = 0.15  # MLM: share of tokens selected for prediction
     mask_replace: float = 0.8  # of those: replaced by <mask>
     random_replace: float = 0.1  # of those: replaced by a random token (rest kept)
@@ -81,6 +82,10 @@ class TrainSection:
     keep_checkpoints: int = 2
     progress: bool = True
     report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, …
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop the run, or skip that step
+    save_on_signal: bool = True  # SIGTERM/SIGINT: write a checkpoint before exiting
+    patience: int | None = None  # evaluations without improvement before stopping early; None = never
+    keep_best: bool = False  # keep the best evaluated model in OUT/best (fine-tuning turns this on)
 
 
 @dataclass
