@@ -32,6 +32,10 @@ CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -43,8 +47,8 @@ def save_checkpoint(
 ) -> Path:
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:06d}"
-    final = root / name
+    final = checkpoint_path(run_dir, step)
+    name = final.name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:
         write_model(tmp / "model")

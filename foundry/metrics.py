@@ -8,14 +8,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
+
 
 class MetricsLog:
     def __init__(self, path: Path, truncate_after_step: int | None = None):
         self.path = Path(path)
         if truncate_after_step is not None and self.path.exists():
-            # On resume, drop lines logged after the checkpoint: they will be produced again.
-            kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= truncate_after_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            # On resume, drop lines logged after the checkpoint: they will be produced again. The
+            # rewrite is atomic: a kill during it leaves the old log, never an empty one.
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= truncate_after_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self._handle = open(self.path, "a")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -27,5 +30,9 @@ class MetricsLog:
         self._handle.close()
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def _step_of(line: str) -> float:
+    """The step of a logged line; a line cut short by a crash sorts after every step (dropped)."""
+    try:
+        return json.loads(line).get("step", 0) if line.strip() else float("inf")
+    except json.JSONDecodeError:
+        return float("inf")

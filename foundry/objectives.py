@@ -1,4 +1,5 @@
-"""Self-supervised objectives as plain functions over token batches.
+"""Self-supervised objectives: plain functions over token batches, and the registered ``Objective``
+components the training loop runs (``register_objectives`` hook; built-ins: mlm, clm, fim).
 
 - ``mask_tokens``: BERT/ESM masked-LM corruption (select ``mask_prob`` of the real tokens; of
   those 80% become <mask>, 10% a random token, 10% stay) with labels only at selected positions.
@@ -7,14 +8,23 @@
 
 Randomness comes from an explicit ``torch.Generator`` so a batch's corruption is a function of
 (seed, batch index) alone: a resumed run masks exactly like an uninterrupted one.
+
+An objective consumes packed token batches (``batch_kind = "packed-tokens"``: tokens plus per-row
+document ids, 0 = padding) and returns ``(loss, labels)``; labels say which positions were scored,
+so the loop can report a unigram baseline on the same targets. A new objective (say DPO, whose
+batches are preference pairs) declares its own ``batch_kind`` and is one file plus one
+registration; the loop never names an objective.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .errors import ConfigError
+from .registry import Registry
 
 IGNORE_INDEX = -100
 
@@ -87,10 +97,130 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, i
     return F.cross_entropy(selected, labels[keep]), count
 
 
-def unigram_cross_entropy(train_counts: torch.Tensor, targets: torch.Tensor) -> float:
-    """Loss of a model that always predicts the training-set token frequencies (add-one smoothed).
+def unigram_log_probs(train_counts: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of a model that always predicts the training-set token frequencies
+    (add-one smoothed): the baseline every pretraining run must beat. It knows the composition,
+    nothing about context."""
+    smoothed = train_counts.double() + 1.0
+    return (smoothed / smoothed.sum()).log()
 
-    The baseline every pretraining run must beat: it knows the composition, nothing about context.
+
+# -- registered objectives -----------------------------------------------------------------------
+
+
+class Objective:
+    """What a self-supervised objective brings to the loop.
+
+    ``check(tokenizer, settings)`` fails before training with a ``ConfigError`` when the tokenizer
+    or ``objective.*`` settings cannot work; ``__call__`` corrupts/labels one batch, runs the model
+    and returns ``(loss, labels)`` (labels: ``IGNORE_INDEX`` where nothing is scored).
+    ``causal`` says which trunks fit (a causal objective needs a causal attention mask).
     """
-    probs = (train_counts.double() + 1.0) / (train_counts.double() + 1.0).sum()
-    return float(-probs[targets].log().mean())
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    causal: ClassVar[bool] = False
+    batch_kind: ClassVar[str] = "packed-tokens"
+    #: what the loss is called in reports ("masked-LM loss", "next-token loss")
+    loss_name: ClassVar[str] = "loss"
+    #: the loop seeds each batch's generator with ``seed * seed_stride + batch index``; objectives
+    #: keep distinct strides so their random streams never coincide
+    seed_stride: ClassVar[int] = 1_000_000_007
+
+    def __init__(self, tokenizer, settings: Any):
+        self.tokenizer, self.settings = tokenizer, settings
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` naming the key when this tokenizer or these settings cannot work."""
+
+    def corrupt(self, tokens: torch.Tensor, document_ids: torch.Tensor, generator: torch.Generator, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, labels)`` for one batch."""
+        raise NotImplementedError
+
+    def __call__(self, model, tokens: torch.Tensor, document_ids: torch.Tensor, *, generator: torch.Generator,
+                 train: bool = True, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels = self.corrupt(tokens, document_ids, generator, train)
+        # Padding is its own "document" 0; the model masks it out of attention.
+        out = model(inputs.to(device), document_ids=document_ids.to(device))
+        loss, _ = lm_loss(out.logits, labels.to(device))
+        return loss, labels
+
+
+class MaskedLM(Objective):
+    name = "mlm"
+    description = "masked-token prediction (BERT/ESM-2: 80% <mask>, 10% random, 10% kept)"
+    loss_name = "masked-LM loss"
+
+    def check(self) -> None:
+        if self.tokenizer.mask_id is None:
+            raise ConfigError(f"objective {self.name}: the masked-LM objective needs a tokenizer with a mask token")
+
+    def corrupt(self, tokens, document_ids, generator, train):
+        s, t = self.settings, self.tokenizer
+        return mask_tokens(tokens, special_ids=t.special_ids, maskable_ids=t.maskable_ids, mask_id=t.mask_id, generator=generator,
+                           mask_prob=s.mask_prob, mask_replace=s.mask_replace, random_replace=s.random_replace)
+
+
+class CausalLM(Objective):
+    name = "clm"
+    description = "next-token prediction (GPT/Llama); never across a document boundary in packed rows"
+    causal = True
+    loss_name = "next-token loss"
+
+    def corrupt(self, tokens, document_ids, generator, train):
+        return tokens, causal_labels(tokens, document_ids, self.tokenizer.pad_id)
+
+
+class FillInTheMiddle(CausalLM):
+    """Next-token prediction where ``objective.fim_rate`` of the training documents are rearranged
+    prefix/suffix/middle (PSM) first; validation stays plain next-token."""
+
+    name = "fim"
+    seed_stride = 1_000_000_009
+    description = "next-token prediction with fill-in-the-middle rearrangement (PSM) of objective.fim_rate of documents"
+
+    def check(self) -> None:
+        from .fim import fim_sentinels
+
+        self.sentinels = fim_sentinels(self.tokenizer) if self.settings.fim_rate > 0 else None
+
+    def corrupt(self, tokens, document_ids, generator, train):
+        if train and self.sentinels is not None:
+            from .fim import apply_fim
+
+            special = tuple(i for i in (self.tokenizer.bos_id, self.tokenizer.eos_id) if i is not None)
+            tokens = apply_fim(tokens, document_ids, **self.sentinels, rate=self.settings.fim_rate, generator=generator, keep_ids=special)
+        return super().corrupt(tokens, document_ids, generator, train)
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+
+def register_objective(cls: type[Objective], owner: str = "foundry") -> type[Objective]:
+    OBJECTIVES.register(cls.name, cls, owner)
+    return cls
+
+
+def unregister_objective(name: str) -> None:
+    OBJECTIVES.unregister(name)
+
+
+def objective_class(name: str) -> type[Objective]:
+    """The objective registered as ``name`` (built-ins, then plugins'; unknown names list the known)."""
+    _load_plugin_objectives()
+    return OBJECTIVES.get(name)
+
+
+def build_objective(name: str, tokenizer, settings: Any) -> Objective:
+    return objective_class(name)(tokenizer, settings)
+
+
+def _load_plugin_objectives() -> None:
+    from .plugins import get_manager
+
+    get_manager()  # plugins register through the register_objectives hook when the manager starts
+
+
+for _cls in (MaskedLM, CausalLM, FillInTheMiddle):
+    register_objective(_cls)

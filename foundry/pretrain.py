@@ -1,7 +1,9 @@
 """Pretraining: from a run config to a trained model directory.
 
-Everything that can fail on bad input (data, tokenizer, preset, config) is checked before the run
-directory is created, so a failed start never leaves something that looks like a run.
+``PretrainWorkload`` is what the one loop (``foundry.train``) trains here: packed token batches,
+the modality's registered objective (or ``objective.name``), validation loss against the unigram
+baseline. Everything that can fail on bad input (data, tokenizer, preset, config) is checked before
+the run directory is created, so a failed start never leaves something that looks like a run.
 """
 
 from __future__ import annotations
@@ -18,25 +20,88 @@ from .atomic import atomic_write_text
 from .checkpoint import latest_checkpoint
 from .config import RunConfig
 from .corpus import RunData, load_run_data
-from .data.packing import PackedStream, evaluation_batches
+from .data.packing import Batch, PackedStream, evaluation_batches, next_batch_for_rank
 from .distributed import process_state
 from .errors import FoundryError
 from .loading import model_from_preset
 from .modality import Modality
+from .objectives import IGNORE_INDEX, Objective, build_objective, unigram_log_probs
 from .plugins import get_manager
-from .train import TrainSetup, run_training
+from .rundir import clean_leftovers, has_checkpoint, locked, prepare_fresh
+from .train import StepLoss, param_groups, run_training
 
 UNIGRAM_SAMPLE_DOCS = 5000
+EVAL_SEED_OFFSET = 1_000_003  # keeps validation masking apart from training masking
 
 
-def build_model(cfg: RunConfig, modality: Modality, tokenizer):
-    return model_from_preset(modality, cfg.model.preset, tokenizer, cfg.model.overrides)
+class PretrainWorkload:
+    """Self-supervised training on packed token batches; the best model is the lowest val loss."""
 
+    metric, higher_is_better = "val_loss", False
 
-def model_saver(tokenizer, modality: Modality):
-    from .model.store import save_model
+    def __init__(self, cfg: RunConfig, model, tokenizer, objective: Objective, stream: PackedStream, eval_batches: list[Batch],
+                 unigram_counts: torch.Tensor, modality: Modality):
+        self.cfg, self.model, self.tokenizer, self.objective = cfg, model, tokenizer, objective
+        self.stream, self.eval_batches, self.modality = stream, eval_batches, modality
+        self.log_probs = unigram_log_probs(unigram_counts)
 
-    return lambda model, directory: save_model(directory, model, tokenizer, modality.name)
+    def param_groups(self) -> list[dict]:
+        return param_groups(self.model.named_parameters(), self.cfg.train.weight_decay)
+
+    def next_batch(self, rank: int, world: int) -> Batch:
+        return next_batch_for_rank(self.stream, rank, world)
+
+    def data_state(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_data_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def train_mode(self, model) -> None:
+        model.train()
+
+    def _objective_loss(self, model, batch: Batch, seed: int, device, train: bool):
+        generator = torch.Generator().manual_seed(seed * self.objective.seed_stride + batch.index)
+        return self.objective(model, batch.tokens, batch.document_ids, generator=generator, train=train, device=device)
+
+    def loss(self, model, batch: Batch, seed: int, device) -> StepLoss:
+        loss, _ = self._objective_loss(model, batch, seed, device, train=True)
+        return StepLoss(loss, batch.real_tokens, batch.tokens.numel())
+
+    @torch.no_grad()
+    def evaluate(self, model, accelerator) -> dict[str, float]:
+        """Validation loss on fixed batches (fixed masking) and the unigram baseline on the same targets."""
+        import math
+
+        model.eval()
+        log_probs = self.log_probs.to(accelerator.device)
+        totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, baseline sum, count
+        for i, batch in enumerate(self.eval_batches[: self.cfg.train.eval_batches]):
+            if i % accelerator.num_processes != accelerator.process_index:
+                continue
+            with accelerator.autocast():
+                loss, labels = self._objective_loss(model, batch, self.cfg.train.seed + EVAL_SEED_OFFSET, accelerator.device, train=False)
+            targets = labels[labels != IGNORE_INDEX].to(accelerator.device)
+            count = torch.tensor(float(len(targets)), dtype=torch.float64, device=accelerator.device)
+            totals += torch.stack([loss.double() * len(targets), -log_probs[targets].sum().double(), count])
+        totals = accelerator.reduce(totals, reduction="sum")
+        count = max(1.0, float(totals[2]))
+        val_loss = float(totals[0]) / count
+        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)), "baseline_loss": float(totals[1]) / count,
+                "val_targets": int(count)}
+
+    def describe_evaluation(self, step: int, result: dict[str, float]) -> str:
+        return f"step {step}: val_loss {result['val_loss']:.4f} (unigram baseline {result['baseline_loss']:.4f})"
+
+    def save_model(self, model, directory: Path) -> None:
+        from .model.store import save_model
+
+        save_model(directory, model, self.tokenizer, self.modality.name)
+
+    def restore_model(self, model, directory: Path) -> None:
+        from .model.store import load_model
+
+        model.load_state_dict(load_model(directory).model.state_dict())
 
 
 def unigram_counts(dataset, vocab_size: int) -> torch.Tensor:
@@ -48,74 +113,93 @@ def unigram_counts(dataset, vocab_size: int) -> torch.Tensor:
     return torch.from_numpy(counts)
 
 
-def check_run_dir(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        raise FoundryError(f"{out}: already holds files; continue it with --resume {out} or choose another --out")
+def objective_name(cfg: RunConfig, modality: Modality) -> str:
+    return cfg.objective.name or modality.objective
+
+
+def _model_and_tokenizer(cfg: RunConfig, modality: Modality, checkpoint: Path | None):
+    """The model to train (None: build from the preset once the tokenizer exists) and its tokenizer."""
+    if checkpoint is not None:
+        from .model.store import load_model
+
+        loaded = load_model(checkpoint / "model")
+        return loaded.model, loaded.tokenizer
+    if cfg.model.init_from:
+        from .loading import load_for_modality
+
+        model, tokenizer, _ = load_for_modality(cfg.model.init_from, modality)
+        return model, tokenizer
+    return None, None
+
+
+def build_workload(cfg: RunConfig, modality: Modality, checkpoint: Path | None) -> tuple[PretrainWorkload, RunData]:
+    model, tokenizer = _model_and_tokenizer(cfg, modality, checkpoint)
+    data: RunData = load_run_data(cfg, modality, tokenizer)
+    tokenizer = data.tokenizer
+    objective = build_objective(objective_name(cfg, modality), tokenizer, cfg.objective)
+    if model is None:
+        torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed fixes
+        model = model_from_preset(modality, cfg.model.preset, tokenizer, cfg.model.overrides)
+    if bool(model.config.causal) != objective.causal:
+        kind = "causal" if model.config.causal else "masked"
+        raise FoundryError(f"objective {objective.name} needs a {'causal' if objective.causal else 'masked'} model; this one is {kind}")
+    if cfg.data.max_len > model.config.max_position:
+        raise FoundryError(f"data.max_len {cfg.data.max_len}: the model has {model.config.max_position} positions; "
+                           f"set data.max_len <= {model.config.max_position}")
+    stream = PackedStream(data.train, max_len=cfg.data.max_len, batch_tokens=cfg.data.batch_tokens, pad_id=tokenizer.pad_id,
+                          seed=cfg.train.seed, pack=cfg.data.pack, order=data.order)
+    eval_batches = evaluation_batches(data.valid, max_len=cfg.data.max_len, batch_tokens=cfg.data.batch_tokens, pad_id=tokenizer.pad_id,
+                                      limit=cfg.train.eval_batches)
+    workload = PretrainWorkload(cfg, model, tokenizer, objective, stream, eval_batches, unigram_counts(data.train, tokenizer.vocab_size), modality)
+    return workload, data
 
 
 def pretrain(cfg: RunConfig, resume: Path | None = None) -> dict[str, Any]:
     modality = get_manager().modality(cfg.modality)
     run_dir = Path(resume or cfg.out)
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is None:
-        check_run_dir(run_dir)
-
-    model, tokenizer = None, None
-    if checkpoint is not None:
-        from .model.store import load_model
-
-        loaded = load_model(checkpoint / "model")
-        model, tokenizer = loaded.model, loaded.tokenizer
-    elif cfg.model.init_from:
-        from .loading import load_for_modality
-
-        model, tokenizer, _ = load_for_modality(cfg.model.init_from, modality)
-
-    data: RunData = load_run_data(cfg, modality, tokenizer)
-    tokenizer = data.tokenizer
-    if model is None:
-        torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed fixes
-        model = build_model(cfg, modality, tokenizer)
-
-    stream = PackedStream(data.train, max_len=cfg.data.max_len, batch_tokens=cfg.data.batch_tokens, pad_id=tokenizer.pad_id,
-                          seed=cfg.train.seed, pack=cfg.data.pack, order=data.order)
-    eval_batches = evaluation_batches(data.valid, max_len=cfg.data.max_len, batch_tokens=cfg.data.batch_tokens, pad_id=tokenizer.pad_id, limit=cfg.train.eval_batches)
+    # A run killed before its first checkpoint has nothing to resume: it starts over from step 0.
+    checkpoint = latest_checkpoint(run_dir) if resume and has_checkpoint(run_dir) else None
+    main_process = process_state().is_main_process
+    if checkpoint is None and main_process:
+        prepare_fresh(run_dir)
+    workload, data = build_workload(cfg, modality, checkpoint)
 
     fresh = checkpoint is None
-    main_process = process_state().is_main_process
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with locked(run_dir, enabled=main_process):
+        try:
+            if main_process:
+                clean_leftovers(run_dir)
+                atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+            result = run_training(workload, cfg.train, run_dir, resume_from=checkpoint, tracker_config=cfg.to_dict())
+        except BaseException:
+            # A run that failed before its first checkpoint leaves nothing behind that looks like a run.
+            if main_process and fresh and not has_checkpoint(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        summary = {
+            **result,
+            "modality": modality.name,
+            "objective": workload.objective.name,
+            "train_documents": len(data.train),
+            "valid_documents": len(data.valid),
+            "parameters": sum(p.numel() for p in workload.model.parameters()),
+            "final_model": str(run_dir / "final"),
+            "checkpoint": str(latest_checkpoint(run_dir).relative_to(run_dir)),
+        }
         if main_process:
-            atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-        setup = TrainSetup(
-            cfg=cfg, run_dir=run_dir, model=model, tokenizer=tokenizer, objective=modality.objective,
-            stream=stream, eval_batches=eval_batches, unigram_counts=unigram_counts(data.train, tokenizer.vocab_size),
-            save_model=model_saver(tokenizer, modality), resume_from=checkpoint,
-        )
-        result = run_training(setup)
-    except BaseException:
-        # A run that failed before its first checkpoint leaves nothing behind that looks like a run.
-        if main_process and fresh and not (run_dir / "checkpoints" / "LATEST").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-    latest = latest_checkpoint(run_dir)
-    final = run_dir / "final"
-    summary = {
-        **result,
-        "modality": modality.name,
-        "train_documents": len(data.train),
-        "valid_documents": len(data.valid),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "final_model": str(final),
-        "checkpoint": str(latest.relative_to(run_dir)),
-    }
-    if main_process:
-        # The final model is a plain copy of the last checkpoint's model dir, made atomically.
-        tmp = run_dir / ".final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(latest / "model", tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+            _publish_final(run_dir)
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _publish_final(run_dir: Path) -> None:
+    """``OUT/final`` becomes a copy of the last checkpoint's model dir. The old ``final`` is
+    replaced only once the copy is complete: a crash leaves one or the other, never neither."""
+    tmp, old = run_dir / ".final.tmp", run_dir / ".final.old.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(latest_checkpoint(run_dir) / "model", tmp)
+    final = run_dir / "final"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,10 +1,15 @@
-"""The one training loop, on accelerate: the same code runs on a laptop CPU, one GPU, or
-``accelerate launch`` across processes.
+"""The one training loop, on accelerate: pretraining, fine-tuning (and later SFT, DPO) alike, on a
+laptop CPU, one GPU, or ``accelerate launch`` / ``--processes N`` across processes.
 
 Per optimizer step, in reading order: learning-rate schedule → micro-batches (forward, loss,
-backward; gradient sync only on the last) → clip → optimizer step → log → evaluate → checkpoint.
+backward; gradient sync only on the last) → non-finite check → clip → optimizer step → log →
+evaluate → keep the best model → early stop → checkpoint.
 
-The data stream, the masking randomness and the schedule are functions of (seed, step), and all
+What differs between pretraining and fine-tuning is a ``Workload`` (``foundry.pretrain``,
+``foundry.finetune.workload``): what trains, how batches are drawn, the loss, the evaluation and
+how a model directory is written. The loop never names an objective or a task.
+
+The data stream, the corruption randomness and the schedule are functions of (seed, step), and all
 of their state is in the checkpoint, so an interrupted run resumed from step k produces the same
 losses, step for step, as one that never stopped.
 """
@@ -16,114 +21,296 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .checkpoint import load_trainer_files, save_checkpoint
-from .config import RunConfig
-from .data.packing import Batch, PackedStream, next_batch_for_rank
-from .errors import ConfigError
-from .fim import apply_fim, fim_sentinels
+from .config import TrainSection
 from .distributed import make_accelerator
+from .errors import FoundryError
 from .metrics import MetricsLog
-from .objectives import IGNORE_INDEX, causal_labels, lm_loss, mask_tokens
+from .signals import StopSignals
 
-EVAL_SEED_OFFSET = 1_000_003  # keeps validation masking apart from training masking
+#: consecutive skipped (non-finite) steps after which ``train.on_nonfinite=skip`` gives up
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+class TrainingDiverged(FoundryError):
+    """The loss or the gradients stopped being finite."""
+
+
+class TrainingInterrupted(FoundryError):
+    """SIGTERM/SIGINT arrived; carries the exit status the CLI should use."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
-class TrainSetup:
-    cfg: RunConfig
-    run_dir: Path
+class StepLoss:
+    """One micro-batch's loss and what it consumed (``tokens``: real tokens, ``slots``: tokens
+    including padding), plus any extra numbers to log (e.g. a replayed pretraining loss)."""
+
+    loss: torch.Tensor
+    tokens: int
+    slots: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Workload(Protocol):
+    """What the loop trains. Pretraining, fine-tuning, SFT and DPO differ only here."""
+
     model: torch.nn.Module
-    tokenizer: Any
-    objective: str  # "mlm" | "clm"
-    stream: PackedStream
-    eval_batches: list[Batch]
-    unigram_counts: torch.Tensor  # token frequencies of the training data, for the baseline
-    save_model: Callable[[torch.nn.Module, Path], None]  # writes a model dir
-    resume_from: Path | None = None
-    extra_summary: dict[str, Any] = field(default_factory=dict)
+    #: the evaluation key that picks the best model and drives early stopping
+    metric: str
+    higher_is_better: bool
+
+    def param_groups(self) -> list[dict]:
+        """AdamW parameter groups, each with ``weight_decay`` and optionally ``lr_scale``."""
+
+    def next_batch(self, rank: int, world: int) -> Any:
+        """This process's next micro-batch; every process advances the stream identically."""
+
+    def data_state(self) -> dict:
+        """The stream position, stored in checkpoints."""
+
+    def load_data_state(self, state: dict) -> None: ...
+
+    def loss(self, model: torch.nn.Module, batch: Any, seed: int, device: Any) -> StepLoss: ...
+
+    def train_mode(self, model: torch.nn.Module) -> None:
+        """Put the model in training mode (a frozen trunk may stay in eval mode)."""
+
+    def evaluate(self, model: torch.nn.Module, accelerator: Accelerator) -> dict[str, float]:
+        """Validation numbers, including ``metric``; called on every process."""
+
+    def describe_evaluation(self, step: int, result: dict[str, float]) -> str:
+        """The line printed after an evaluation."""
+
+    def save_model(self, model: torch.nn.Module, directory: Path) -> None:
+        """Write a usable model directory (checkpoints hold one, and ``OUT/best``)."""
+
+    def restore_model(self, model: torch.nn.Module, directory: Path) -> None:
+        """Load a checkpoint's model directory back into ``model`` (for --resume)."""
 
 
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW; biases, norms and embeddings are not weight-decayed (1-D tensors and embeddings)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
+def param_groups(named_parameters, weight_decay: float, lr_scale=None, no_decay=None) -> list[dict]:
+    """The one weight-decay rule: no decay on 1-D tensors (biases, norms) and embeddings.
+    ``lr_scale(name) -> float`` (layer-wise LR decay) and ``no_decay(name) -> bool`` (e.g. L2-SP
+    replaces decay toward zero) refine it; groups are keyed by (scale, decay)."""
+    groups: dict[tuple[float, bool], dict] = {}
+    for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "embed" in name else decay).append(param)
-    t = cfg.train
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+        decay = param.ndim >= 2 and "embed" not in name and not (no_decay and no_decay(name))
+        scale = float(lr_scale(name)) if lr_scale else 1.0
+        group = groups.setdefault((scale, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale})
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], k[1]))]
 
 
-def learning_rate(step: int, cfg: RunConfig) -> float:
+def learning_rate(step: int, *, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
     """Linear warmup to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
-    t = cfg.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
-    floor = t.lr * t.min_lr_ratio
-    return floor + (t.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    floor = lr * min_lr_ratio
+    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class ObjectiveRunner:
-    """Applies the objective to a packed batch and returns (loss, labels)."""
+@dataclass
+class LoopState:
+    """Everything about the run's progress that a checkpoint must carry besides weights."""
 
-    def __init__(self, objective: str, tokenizer, cfg: RunConfig):
-        self.objective = objective
-        self.tokenizer = tokenizer
-        self.cfg = cfg
-        if objective == "mlm" and tokenizer.mask_id is None:
-            raise ConfigError("the masked-LM objective needs a tokenizer with a mask token")
-        self.fim_ids = fim_sentinels(tokenizer) if objective == "clm" and cfg.objective.fim_rate > 0 else None
+    step: int = 0
+    tokens: int = 0
+    best_value: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    skipped_steps: int = 0
 
-    def __call__(self, model, batch: Batch, seed: int, device, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = batch.tokens
-        if self.fim_ids is not None and train:
-            # Fill-in-the-middle on a share of the documents; validation stays plain next-token.
-            generator = torch.Generator().manual_seed(seed * 1_000_000_009 + batch.index)
-            special = tuple(i for i in (self.tokenizer.bos_id, self.tokenizer.eos_id) if i is not None)
-            tokens = apply_fim(tokens, batch.document_ids, **self.fim_ids, rate=self.cfg.objective.fim_rate, generator=generator, keep_ids=special)
-        if self.objective == "mlm":
-            generator = torch.Generator().manual_seed(seed * 1_000_000_007 + batch.index)
-            o = self.cfg.objective
-            inputs, labels = mask_tokens(
-                tokens,
-                special_ids=self.tokenizer.special_ids,
-                maskable_ids=self.tokenizer.maskable_ids,
-                mask_id=self.tokenizer.mask_id,
-                generator=generator,
-                mask_prob=o.mask_prob,
-                mask_replace=o.mask_replace,
-                random_replace=o.random_replace,
-            )
-        else:
-            inputs, labels = tokens, causal_labels(tokens, batch.document_ids, self.tokenizer.pad_id)
-        # Padding is its own "document" 0; the model masks it out of attention.
-        out = model(inputs.to(device), document_ids=batch.document_ids.to(device))
-        loss, _ = lm_loss(out.logits, labels.to(device))
-        return loss, labels
+    def is_better(self, value: float, higher: bool) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        return self.best_value is None or (value > self.best_value if higher else value < self.best_value)
+
+
+def run_training(workload: Workload, t: TrainSection, run_dir: Path, *, resume_from: Path | None = None,
+                 tracker_config: dict | None = None) -> dict[str, Any]:
+    """Train ``workload`` for ``t.max_steps`` optimizer steps. Returns the final loop state as a
+    dict plus the last evaluation (keys ``step``, ``tokens``, ``best_step``, ``stopped_early``, …)."""
+    run_dir = Path(run_dir)
+    accelerator = make_accelerator(t.mixed_precision, t.report_to, run_dir)
+    if t.report_to:
+        accelerator.init_trackers(run_dir.name, config=_flat(tracker_config or {}))
+    torch.manual_seed(t.seed)
+    optimizer = torch.optim.AdamW(workload.param_groups(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    state = LoopState()
+    if resume_from is not None:
+        state = _restore(workload, optimizer, resume_from)
+    model, optimizer = accelerator.prepare(workload.model, optimizer)
+    reporter = Reporter(run_dir, t, accelerator, state.step)
+    checkpoints = Checkpointer(workload, accelerator, run_dir, t.keep_checkpoints)
+    last_eval: dict[str, float] | None = None
+    stopped_early = False
+    with StopSignals() as signals:
+        while state.step < t.max_steps:
+            record = _optimizer_step(workload, model, optimizer, accelerator, t, state, signals)
+            reporter.step(record, write=state.step % t.log_every == 0 or state.step == t.max_steps or state.step == 1)
+            if state.step % t.eval_every == 0 or state.step == t.max_steps:
+                last_eval = workload.evaluate(model, accelerator)
+                reporter.evaluation(state.step, state.tokens, last_eval, workload.describe_evaluation(state.step, last_eval))
+                stopped_early = _keep_best(workload, model, accelerator, run_dir, t, state, last_eval, reporter)
+            if record["stop_signal"]:
+                _stop_on_signal(checkpoints, model, optimizer, state, t, signals, reporter)
+            if state.step % t.save_every == 0 or state.step == t.max_steps or stopped_early:
+                checkpoints.save(model, optimizer, state)
+            if stopped_early:
+                break
+    reporter.close()
+    if last_eval is None:  # resumed at or past max_steps: still report where the model stands
+        last_eval = workload.evaluate(model, accelerator)
+    return {**vars(state), "stopped_early": stopped_early, "max_steps": t.max_steps, **last_eval}
+
+
+def _optimizer_step(workload: Workload, model, optimizer, accelerator: Accelerator, t: TrainSection, state: LoopState, signals) -> dict:
+    lr = learning_rate(state.step, lr=t.lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps, min_lr_ratio=t.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    workload.train_mode(model)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    losses, tokens, slots, extras = [], 0, 0, {}
+    for micro in range(t.grad_accum):
+        batch = workload.next_batch(rank, world)
+        sync = micro == t.grad_accum - 1
+        with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+            out = workload.loss(model, batch, t.seed, accelerator.device)
+        accelerator.backward(out.loss / t.grad_accum)
+        losses.append(out.loss.detach().float())
+        tokens, slots = tokens + out.tokens, slots + out.slots
+        for key, value in out.extra.items():
+            extras[key] = extras.get(key, 0.0) + value / t.grad_accum
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_norm if t.clip_norm > 0 else float("inf"))
+
+    # Sums over all processes: loss, tokens, slots, a non-finite flag, a stop-signal flag.
+    loss_value = torch.stack(losses).mean().item()
+    finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
+    stats = torch.tensor([loss_value if finite else 0.0, tokens, slots, 0.0 if finite else 1.0, float(signals.received is not None)],
+                         dtype=torch.float64, device=accelerator.device)
+    stats = accelerator.reduce(stats, reduction="sum")
+    if stats[3] > 0:
+        _non_finite(state, t, lr, loss_value, float(grad_norm))
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.skipped_steps = 0
+    state.step += 1
+    state.tokens += int(stats[1])
+    world_size = accelerator.num_processes
+    return {
+        "step": state.step, "loss": float(stats[0]) / world_size if stats[3] == 0 else None, "lr": lr, "tokens": state.tokens,
+        "padding_fraction": 1.0 - float(stats[1]) / max(1.0, float(stats[2])),
+        "grad_norm": float(grad_norm) if t.clip_norm > 0 and stats[3] == 0 else None,
+        "new_tokens": int(stats[1]), "stop_signal": bool(stats[4] > 0), **extras,
+    }
+
+
+def _non_finite(state: LoopState, t: TrainSection, lr: float, loss: float, grad_norm: float) -> None:
+    what = f"loss {loss:g}" if not math.isfinite(loss) else f"gradient norm {grad_norm:g}"
+    if t.on_nonfinite == "skip" and state.skipped_steps + 1 < MAX_SKIPPED_IN_A_ROW:
+        state.skipped_steps += 1
+        return
+    reason = (f"{MAX_SKIPPED_IN_A_ROW} steps in a row were not finite" if t.on_nonfinite == "skip"
+              else "set train.on_nonfinite=skip to skip such steps")
+    raise TrainingDiverged(f"training diverged at step {state.step + 1}: {what} (lr {lr:g}); stopped without saving "
+                           f"non-finite weights, earlier checkpoints are kept. Lower train.lr, or {reason}")
+
+
+def _keep_best(workload: Workload, model, accelerator: Accelerator, run_dir: Path, t: TrainSection, state: LoopState,
+               result: dict[str, float], reporter: "Reporter") -> bool:
+    """Update the best model (``OUT/best`` when ``train.keep_best``); True when it is time to stop early."""
+    if workload.metric not in result:
+        raise FoundryError(f"metric {workload.metric}: not computed by this run; available: {', '.join(sorted(result))}")
+    if state.is_better(result[workload.metric], workload.higher_is_better):
+        state.best_value, state.best_step, state.bad_evals = result[workload.metric], state.step, 0
+        if t.keep_best:
+            _on_main(accelerator, lambda: workload.save_model(accelerator.unwrap_model(model), run_dir / "best"))
+        return False
+    state.bad_evals += 1
+    if t.patience is not None and state.bad_evals >= t.patience:
+        reporter.say(f"stopping early: no better {workload.metric} for {state.bad_evals} evaluations")
+        return True
+    return False
+
+
+def _stop_on_signal(checkpoints: "Checkpointer", model, optimizer, state: LoopState, t: TrainSection, signals, reporter) -> None:
+    name = signals.received or "a stop signal"
+    saved = ""
+    if t.save_on_signal:
+        path = checkpoints.save(model, optimizer, state)
+        saved = f"; checkpoint saved at step {state.step} ({path.name}), continue with --resume"
+    reporter.close()
+    raise TrainingInterrupted(f"stopped by {name} at step {state.step}{saved}", signals.exit_code)
+
+
+class Checkpointer:
+    """Writes checkpoints on the main process; refuses to write weights that are not finite."""
+
+    def __init__(self, workload: Workload, accelerator: Accelerator, run_dir: Path, keep: int):
+        self.workload, self.accelerator, self.run_dir, self.keep = workload, accelerator, run_dir, keep
+
+    def save(self, model, optimizer, state: LoopState) -> Path:
+        from .checkpoint import checkpoint_path
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        bad = next((name for name, p in unwrapped.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise TrainingDiverged(f"training diverged by step {state.step}: parameter {bad} is not finite; "
+                                   "not saving it, earlier checkpoints are kept. Lower train.lr")
+        optimizer_ = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        _on_main(self.accelerator, lambda: save_checkpoint(
+            self.run_dir, state.step, write_model=lambda directory: self.workload.save_model(unwrapped, directory),
+            optimizer=optimizer_, trainer_state={**vars(state), "stream": self.workload.data_state()}, keep=self.keep))
+        return checkpoint_path(self.run_dir, state.step)
+
+
+def _on_main(accelerator: Accelerator, action) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        action()
+    accelerator.wait_for_everyone()
+
+
+def _restore(workload: Workload, optimizer: torch.optim.Optimizer, checkpoint: Path) -> LoopState:
+    optimizer_state, trainer, rng = load_trainer_files(checkpoint)
+    workload.restore_model(workload.model, checkpoint / "model")
+    optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(rng["torch"])
+    workload.load_data_state(trainer["stream"])
+    known = set(vars(LoopState()))
+    return LoopState(**{k: v for k, v in trainer.items() if k in known})
 
 
 class Reporter:
     """Where a run's numbers go: metrics.jsonl, the progress bar, accelerate trackers (main
     process only), with tokens/s measured over each logging window."""
 
-    def __init__(self, setup: TrainSetup, accelerator: Accelerator, step: int):
-        t = setup.cfg.train
+    def __init__(self, run_dir: Path, t: TrainSection, accelerator: Accelerator, step: int):
         self.accelerator, self.trackers = accelerator, bool(t.report_to)
         main = accelerator.is_main_process
-        self.log = MetricsLog(setup.run_dir / "metrics.jsonl", truncate_after_step=step) if main else None
+        self.log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=step) if main else None
         self.bar = tqdm(total=t.max_steps, initial=step, disable=not (t.progress and main), dynamic_ncols=True, unit="step")
         self.window_tokens, self.window_start = 0, time.perf_counter()
+        self.closed = False
 
-    def step(self, record: dict[str, Any], new_tokens: int, write: bool) -> None:
-        self.window_tokens += new_tokens
+    def step(self, record: dict[str, Any], write: bool) -> None:
+        record = {k: v for k, v in record.items() if k not in ("new_tokens", "stop_signal")} | {"_new": record["new_tokens"]}
+        self.window_tokens += record.pop("_new")
         self.bar.update(1)
         if not write or self.log is None:
             return
@@ -131,103 +318,34 @@ class Reporter:
         record["tokens_per_s"] = self.window_tokens / elapsed if elapsed > 0 else float("nan")
         self._write(record)
         self.window_tokens, self.window_start = 0, time.perf_counter()
-        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+        loss = record["loss"]
+        self.bar.set_postfix(loss="skipped" if loss is None else f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
 
-    def evaluation(self, step: int, tokens: int, result: dict[str, float]) -> None:
+    def evaluation(self, step: int, tokens: int, result: dict[str, float], line: str) -> None:
         if self.log is None:
             return
-        self._write({"step": step, "tokens": tokens, **result})
-        self.bar.write(f"step {step}: val_loss {result['val_loss']:.4f} (unigram baseline {result['baseline_loss']:.4f})")
+        self._write({"step": step, "tokens": tokens, "split": "valid", **result})
+        self.bar.write(line)
+
+    def say(self, line: str) -> None:
+        if self.log is not None:
+            self.bar.write(line)
 
     def _write(self, record: dict[str, Any]) -> None:
         self.log.write(record)
         if self.trackers:
-            numbers = {k: v for k, v in record.items() if k not in ("step", "val_targets") and v is not None}
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step" and v is not None}
             self.accelerator.log(numbers, step=record["step"])
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self.bar.close()
         if self.log is not None:
             self.log.close()
         if self.trackers:
             self.accelerator.end_training()
-
-
-def run_training(setup: TrainSetup) -> dict[str, Any]:
-    cfg, t = setup.cfg, setup.cfg.train
-    accelerator = make_accelerator(t.mixed_precision, t.report_to, setup.run_dir)
-    if t.report_to:
-        accelerator.init_trackers(setup.run_dir.name, config=_flat(cfg.to_dict()))
-    rank, world = accelerator.process_index, accelerator.num_processes
-    torch.manual_seed(t.seed)
-    optimizer = build_optimizer(setup.model, cfg)
-    step, tokens_seen = 0, 0
-    if setup.resume_from is not None:
-        step, tokens_seen = _restore(setup, optimizer)
-    model, optimizer = accelerator.prepare(setup.model, optimizer)
-    runner = ObjectiveRunner(setup.objective, setup.tokenizer, cfg)
-    reporter = Reporter(setup, accelerator, step)
-    last_eval = None
-    while step < t.max_steps:
-        lr = learning_rate(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        model.train()
-        losses, real, padded = [], 0, 0
-        for micro in range(t.grad_accum):
-            batch = next_batch_for_rank(setup.stream, rank, world)
-            sync = micro == t.grad_accum - 1
-            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                loss, _ = runner(model, batch, t.seed, accelerator.device)
-            accelerator.backward(loss / t.grad_accum)
-            losses.append(loss.detach().float())
-            real += batch.real_tokens
-            padded += batch.tokens.numel()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_norm) if t.clip_norm > 0 else None
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-
-        # Averages and token counts over all processes.
-        stats = torch.tensor([torch.stack(losses).mean().item(), real, padded], dtype=torch.float64, device=accelerator.device)
-        stats = accelerator.reduce(stats, reduction="sum")
-        tokens_seen += int(stats[1])
-        record = {
-            "step": step, "loss": float(stats[0]) / world, "lr": lr, "tokens": tokens_seen,
-            "padding_fraction": 1.0 - float(stats[1]) / float(stats[2]),
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
-        }
-        reporter.step(record, int(stats[1]), write=step % t.log_every == 0 or step == t.max_steps or step == 1)
-
-        if step % t.eval_every == 0 or step == t.max_steps:
-            last_eval = evaluate(model, setup, runner, accelerator)
-            reporter.evaluation(step, tokens_seen, last_eval)
-        if step % t.save_every == 0 or step == t.max_steps:
-            _save(setup, accelerator, model, optimizer, step, tokens_seen)
-    reporter.close()
-    if last_eval is None:  # resumed at or past max_steps: still report where the model stands
-        last_eval = evaluate(model, setup, runner, accelerator)
-    return {"step": step, "tokens": tokens_seen, **last_eval}
-
-
-@torch.no_grad()
-def evaluate(model, setup: TrainSetup, runner: ObjectiveRunner, accelerator: Accelerator) -> dict[str, float]:
-    """Validation loss on fixed batches (fixed masking) and the unigram baseline on the same targets."""
-    model.eval()
-    log_probs = _unigram_log_probs(setup.unigram_counts).to(accelerator.device)
-    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, baseline sum, count
-    for i, batch in enumerate(setup.eval_batches[: setup.cfg.train.eval_batches]):
-        if i % accelerator.num_processes != accelerator.process_index:
-            continue
-        with accelerator.autocast():
-            loss, labels = runner(model, batch, setup.cfg.train.seed + EVAL_SEED_OFFSET, accelerator.device, train=False)
-        targets = labels[labels != IGNORE_INDEX].to(accelerator.device)
-        totals += torch.stack([loss.double() * len(targets), -log_probs[targets].sum().double(), torch.tensor(float(len(targets)), dtype=torch.float64, device=accelerator.device)])
-    totals = accelerator.reduce(totals, reduction="sum")
-    count = max(1.0, float(totals[2]))
-    val_loss = float(totals[0]) / count
-    return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)), "baseline_loss": float(totals[1]) / count, "val_targets": int(count)}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -239,31 +357,3 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
-
-
-def _unigram_log_probs(counts: torch.Tensor) -> torch.Tensor:
-    smoothed = counts.double() + 1.0
-    return (smoothed / smoothed.sum()).log()
-
-
-def _save(setup: TrainSetup, accelerator: Accelerator, model, optimizer, step: int, tokens: int) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        save_checkpoint(
-            setup.run_dir,
-            step,
-            write_model=lambda directory: setup.save_model(unwrapped, directory),
-            optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-            trainer_state={"step": step, "tokens": tokens, "stream": setup.stream.state_dict()},
-            keep=setup.cfg.train.keep_checkpoints,
-        )
-    accelerator.wait_for_everyone()
-
-
-def _restore(setup: TrainSetup, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    optimizer_state, trainer, rng = load_trainer_files(setup.resume_from)
-    optimizer.load_state_dict(optimizer_state)
-    torch.set_rng_state(rng["torch"])
-    setup.stream.load_state_dict(trainer["stream"])
-    return int(trainer["step"]), int(trainer["tokens"])

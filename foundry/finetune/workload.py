@@ -1,0 +1,168 @@
+"""Fine-tuning as a ``Workload`` of the one loop (``foundry.train``): labelled example batches,
+the task's loss (+ replayed pretraining loss, + L2-SP), the task's metrics on the validation split.
+
+Batches come from ``ExampleStream``: a per-epoch shuffle drawn from (seed, epoch), so its whole
+state is (epoch, batch position) and a resumed run sees exactly the batches it would have seen.
+With several processes each takes its own share of every round of batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..train import StepLoss, param_groups
+from . import metrics as M
+from .data import Batch, Example, batches
+from .heads import FinetuneModel
+from .strategies import L2SP, layer_of
+from .tasks import LabelInfo, Task
+
+
+class ExampleStream:
+    """Endless training batches over ``examples``, epoch after epoch."""
+
+    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, level: str, seed: int):
+        if not examples:
+            raise ValueError("no training examples")
+        self.examples, self.batch_size, self.pad_id, self.level, self.seed = examples, batch_size, pad_id, level, seed
+        self.epoch, self.position = 0, 0
+        self._epoch_batches: list[Batch] | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.examples) // self.batch_size)
+
+    def _next(self) -> Batch:
+        if self._epoch_batches is None:
+            self._epoch_batches = batches(self.examples, self.batch_size, self.pad_id, self.level, seed=self.seed, epoch=self.epoch)
+        batch = self._epoch_batches[self.position]
+        self.position += 1
+        if self.position == len(self._epoch_batches):
+            self.epoch, self.position, self._epoch_batches = self.epoch + 1, 0, None
+        return batch
+
+    def next_for_rank(self, rank: int, world: int) -> Batch:
+        mine = None
+        for r in range(world):
+            batch = self._next()
+            if r == rank:
+                mine = batch
+        return mine
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position, self._epoch_batches = int(state["epoch"]), int(state["position"]), None
+
+
+@torch.no_grad()
+def predict_logits(model: FinetuneModel, examples: list[Example], batch_size: int, pad_id: int, level: str, device="cpu") -> list[np.ndarray]:
+    """Head outputs per example, in input order, cut to the example's own length."""
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray | None] = [None] * len(examples)
+    for batch in batches(examples, batch_size, pad_id, level):
+        logits = model(batch.tokens.to(device)).float().cpu().numpy()
+        for row, i in enumerate(batch.index):
+            n = len(examples[i].tokens)
+            out[i] = logits[row] if level == "sequence" else (logits[row, :n] if level == "residue" else logits[row, :n, :n])
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def evaluate(model, task: Task, labels: LabelInfo, examples: list[Example], batch_size: int, pad_id: int, device="cpu") -> dict[str, float]:
+    """The task's metrics on ``examples`` and the task loss, for the record."""
+    logits = predict_logits(model, examples, batch_size, pad_id, task.level, device)
+    targets = [e.target for e in examples]
+    result = task.metrics(logits, targets, labels)
+    with torch.no_grad():
+        losses = [float(task.loss(torch.from_numpy(lg)[None], torch.from_numpy(t)[None], labels)) for lg, t in zip(logits, targets)]
+    result["loss"] = float(np.mean(losses))
+    return result
+
+
+@dataclass
+class FinetuneSettings:
+    """The numbers the workload needs (a view of the run config's ``finetune`` and ``train``)."""
+
+    batch_size: int
+    weight_decay: float
+    layer_decay: float
+    l2sp: float
+    replay: float
+    strategy: str
+    metric: str
+
+
+class FinetuneWorkload:
+    def __init__(self, model: FinetuneModel, task: Task, labels: LabelInfo, train: list[Example], valid: list[Example], pad_id: int,
+                 settings: FinetuneSettings, seed: int, save_model: Callable[[FinetuneModel, Path], None],
+                 restore_model: Callable[[FinetuneModel, Path], None], replay=None):
+        self.model, self.task, self.labels, self.valid, self.pad_id = model, task, labels, valid, pad_id
+        self.settings, self._save, self._restore, self.replay = settings, save_model, restore_model, replay
+        self.metric = settings.metric
+        self.higher_is_better = self.metric not in M.LOWER_IS_BETTER
+        self.stream = ExampleStream(train, settings.batch_size, pad_id, task.level, seed)
+        self.l2sp = L2SP(model, settings.l2sp) if settings.l2sp > 0 else None
+        self.replay_weight = settings.replay if replay is not None else 0.0
+
+    def param_groups(self) -> list[dict]:
+        n_layer, decay = self.model.n_layer, self.settings.layer_decay
+
+        def lr_scale(name: str) -> float:
+            depth = layer_of(name.removeprefix("trunk."), n_layer) if name.startswith("trunk.") else n_layer + 1
+            return decay ** (n_layer + 1 - depth)
+
+        no_decay = (lambda name: name.startswith("trunk.")) if self.l2sp is not None else None
+        return param_groups(self.model.named_parameters(), self.settings.weight_decay, lr_scale=lr_scale, no_decay=no_decay)
+
+    def next_batch(self, rank: int, world: int) -> Batch:
+        return self.stream.next_for_rank(rank, world)
+
+    def data_state(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_data_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def train_mode(self, model) -> None:
+        model.train()
+        if self.settings.strategy == "frozen":
+            _unwrap(model).trunk.eval()  # no dropout in a trunk that does not train
+
+    def loss(self, model, batch: Batch, seed: int, device) -> StepLoss:
+        logits = model(batch.tokens.to(device))
+        task_loss = self.task.loss(logits, batch.targets.to(device), self.labels)
+        loss, extra = (1.0 - self.replay_weight) * task_loss, {}
+        if self.replay_weight > 0:
+            replay_loss = self.replay.loss(_unwrap(model).trunk, device, index=self.stream.epoch * 1_000_003 + self.stream.position)
+            loss = loss + self.replay_weight * replay_loss
+            extra["replay_loss"] = float(replay_loss.detach())
+        if self.l2sp is not None:
+            loss = loss + self.l2sp(_unwrap(model))
+        real = int(batch.tokens.ne(self.pad_id).sum())
+        # What is logged as "loss" is the task's loss: the number a user compares across runs.
+        return StepLoss(loss, real, batch.tokens.numel(), {"task_loss": float(task_loss.detach()), **extra})
+
+    def evaluate(self, model, accelerator) -> dict[str, float]:
+        unwrapped = accelerator.unwrap_model(model)
+        return evaluate(unwrapped, self.task, self.labels, self.valid, self.settings.batch_size, self.pad_id, accelerator.device)
+
+    def describe_evaluation(self, step: int, result: dict[str, float]) -> str:
+        return f"step {step}: valid {self.metric} {result.get(self.metric, float('nan')):.4f} (loss {result['loss']:.4f})"
+
+    def save_model(self, model, directory: Path) -> None:
+        self._save(model, directory)
+
+    def restore_model(self, model, directory: Path) -> None:
+        self._restore(model, directory)
+
+
+def _unwrap(model) -> Any:
+    return getattr(model, "module", model)

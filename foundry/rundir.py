@@ -1,0 +1,82 @@
+"""Run directories: one writer at a time, a fresh start that may reuse a folder holding no
+checkpoint, and no leftovers from writes a crash interrupted.
+
+A run directory is locked (``OUT/.lock``, ``fcntl.flock``) for as long as a run writes to it: a
+second run on the same ``--out`` fails at once instead of interleaving metrics and overwriting
+checkpoints. The lock dies with the process, so a killed run never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from .checkpoint import CHECKPOINTS, LATEST
+from .errors import FoundryError
+
+LOCK = ".lock"
+#: what a run writes before its first checkpoint; a folder holding only these may be reused
+RUN_FILES = {"config.yaml", "metrics.jsonl", "logs", CHECKPOINTS, LOCK}
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (Path(run_dir) / CHECKPOINTS / LATEST).is_file()
+
+
+def prepare_fresh(out: Path) -> None:
+    """Allow a fresh run in ``out``: empty, missing, or a run killed before its first checkpoint
+    (whose files are cleared). Anything else is refused, naming what to do."""
+    out = Path(out)
+    if not out.exists() or not any(out.iterdir()):
+        return
+    names = {p.name for p in out.iterdir()}
+    if has_checkpoint(out) or not names <= RUN_FILES or "config.yaml" not in names:
+        raise FoundryError(f"{out}: already holds files; continue it with --resume {out} or choose another --out")
+    for name in names - {LOCK}:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def clean_leftovers(run_dir: Path) -> list[Path]:
+    """Remove temporary files and folders of writes a crash interrupted (``.step-*.tmp-*``,
+    ``.final.tmp``, ``.*.tmp``); returns what was removed."""
+    removed = []
+    for root in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
+        if not root.is_dir():
+            continue
+        for path in root.glob(".*tmp*"):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold the run directory's exclusive lock (main process only: ``enabled``)."""
+    if not enabled:
+        yield
+        return
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise FoundryError(f"{run_dir}: another foundry run is writing to this directory"
+                           f"{f' (pid {holder})' if holder else ''}; wait for it or choose another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
