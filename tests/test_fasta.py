@@ -105,13 +105,32 @@ def test_text_before_first_header(tmp_path):
     assert "line 1: expected a FASTA header" in message
 
 
-def test_binary_garbage(tmp_path):
+def test_binary_garbage_names_line_byte_and_offset(tmp_path):
     garbage = bytes(range(256)) * 4 + os.urandom(512)
-    assert "not a text FASTA file" in _error(_write(tmp_path / "bin.fasta", b">x\n" + garbage))
-    assert "not a text FASTA file" in _error(_write(tmp_path / "bin2.fasta", b"\xff\xfe\x00garbage"))
-    assert "line 2: not a text FASTA file (a NUL byte" in _error(_write(tmp_path / "nul.fasta", b">x\nMK\x00\x00V\n"))
-    latin1 = _write(tmp_path / "l.fasta.gz", b">x\nMKV\n>y\nMK\xe9V\n")
-    assert "line 4: not a text FASTA file (byte 0xe9, which is not UTF-8" in _error(latin1)
+    assert "bin.fasta:2: not text (NUL byte at byte offset 3; a binary file?)" in _error(_write(tmp_path / "bin.fasta", b">x\n" + garbage))
+    assert "bin2.fasta:1: not UTF-8 text (byte 0xff at byte offset 0)" in _error(_write(tmp_path / "bin2.fasta", b"\xff\xfe\x00garbage"))
+    assert "nul.fasta:2: not text (NUL byte at byte offset 5" in _error(_write(tmp_path / "nul.fasta", b">x\nMK\x00\x00V\n"))
+    latin1 = _write(tmp_path / "l.fasta.gz", b">x\nMKV\n>y\nMK\xe9V\n")  # offsets of the uncompressed text
+    message = _error(latin1)
+    assert "l.fasta.gz:4: not UTF-8 text (byte 0xe9 at byte offset 12)" in message
+    assert "--on-decode-error skip" in message, "the error says how to get past it"
+    crlf = _write(tmp_path / "crlf.fasta", b">x\r\nMKV\r\n>y\r\nMK\xe9V\r\n")
+    assert "crlf.fasta:4: not UTF-8 text (byte 0xe9 at byte offset 15)" in _error(crlf)
+
+
+def test_skip_policy_leaves_out_binary_files_and_counts_them(tmp_path, capsys):
+    readers = []
+    plugin.register_readers(readers.append)
+    (tmp_path / "a.fasta").write_text(">a\nMKV\n")
+    (tmp_path / "b.fasta").write_bytes(b">b\nMKV\n>c\nMK\xe9V\n")  # its first record is good: still all left out
+    with pytest.raises(DataError, match=r"b.fasta:4: not UTF-8 text \(byte 0xe9 at byte offset 12\)"):
+        list(read_documents([tmp_path], readers))
+    skipped: list[str] = []
+    docs = list(read_documents([tmp_path], readers, on_decode_error="skip", skipped=skipped))
+    assert [d.id for d in docs] == ["a"]
+    assert len(skipped) == 1 and "b.fasta:4: not UTF-8 text" in skipped[0]
+    err = capsys.readouterr().err
+    assert "skipping" in err and "skipped 1 of 2 files that are not UTF-8 text" in err
 
 
 def test_record_without_sequence(tmp_path):

@@ -7,7 +7,6 @@ import pytest
 
 from foundry.errors import DataError
 from foundry.readers import read_documents
-from modalities.code import readers as code_readers
 from modalities.code.readers import SOURCE_READER
 from modalities.text.plugin import BUNDLED_TEXT
 from modalities.text.readers import JSONL_READER, MAX_CHARS, TEXT_READER, chunk_spans, read_jsonl, read_text
@@ -65,11 +64,11 @@ def test_text_bad_input_names_file_and_line(tmp_path):
         _docs(blank)
     latin = tmp_path / "latin.txt"
     latin.write_bytes("ok\nstill ok\ncaf\xe9\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin.txt:3: not UTF-8 text \(byte 0xe9"):
+    with pytest.raises(DataError, match=r"latin.txt:3: not UTF-8 text \(byte 0xe9 at byte offset 15\); .*--on-decode-error skip"):
         _docs(latin)
     binary = tmp_path / "data.txt"
     binary.write_bytes(b"text\n\x00\x01\x02 binary")
-    with pytest.raises(DataError, match=r"data.txt:2: NUL byte"):
+    with pytest.raises(DataError, match=r"data.txt:2: not text \(NUL byte at byte offset 5; a binary file\?\)"):
         _docs(binary)
 
 
@@ -97,7 +96,7 @@ def test_jsonl_plain_and_gzip(tmp_path):
         (b'{"text": "ok"}\n["a list"]\n', r"bad.jsonl:2: expected a JSON object with a 'text' field, got list"),
         (b'{"text": "ok"}\n\n{"body": "x", "title": "y"}\n', r"bad.jsonl:3: no 'text' field \(keys: body, title\)"),
         (b'{"text": 12}\n', r"bad.jsonl:1: field 'text' must be a string, got int"),
-        (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"bad.jsonl:2: not UTF-8 text"),
+        (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"bad.jsonl:2: not UTF-8 text \(byte 0xe9 at byte offset 28\)"),
         (b"", r"bad.jsonl: file is empty"),
         (b'{"text": ""}\n', r"bad.jsonl: no record has a non-empty 'text' field"),
     ],
@@ -140,13 +139,45 @@ def test_source_reader_walks_trees_exactly(tmp_path, capsys):
     (root / "pkg" / "mod.py").write_bytes(exact)
     (root / "pkg" / "__init__.py").write_bytes(b"")  # empty: no document
     (root / "pkg" / "lib.c").write_bytes(b"int main(void) { return 0; }\n")
-    (root / "pkg" / "old.py").write_bytes(b"# caf\xe9\n")  # latin-1: skipped with a warning
     (root / "tests" / "test_mod.py").write_text("skipped")
     (root / "pkg" / "__pycache__" / "mod.py").write_text("skipped")
     (root / "README.md").write_text("not source")
-    before = len(code_readers.SKIPPED)
     docs = list(read_documents([root], [SOURCE_READER]))
     assert [d.id for d in docs] == ["pkg/lib.c", "pkg/mod.py"], "ids are relative to the folder given"
     assert docs[1].text.encode("utf-8") == exact
-    assert code_readers.SKIPPED[before:] == [((root / "pkg" / "old.py").as_posix(), "line 1: not UTF-8 (byte 0xe9)")]
-    assert "skipping" in capsys.readouterr().err
+
+
+def _tree_with_a_latin1_file(tmp_path):
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "a.py").write_text("x = 1\n")
+    (root / "old.py").write_bytes(b"x = 2\n# caf\xe9\n")
+    (root / "z.py").write_text("y = 3\n")
+    return root
+
+
+@pytest.mark.parametrize("reader, name", [(SOURCE_READER, "old.py"), (TEXT_READER, "old.txt"), (JSONL_READER, "old.jsonl")])
+def test_every_reader_stops_at_a_file_that_is_not_text(tmp_path, reader, name):
+    """One policy for every reader: by default an error naming file, line, byte and offset."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    good = b'{"text": "fine"}\n' if name.endswith(".jsonl") else b"fine\n"
+    (root / ("a" + name[3:])).write_bytes(good)
+    (root / name).write_bytes(good + b"caf\xe9\n")
+    with pytest.raises(DataError) as info:
+        list(read_documents([root], [reader]))
+    assert str(info.value) == (f"{(root / name).as_posix()}:2: not UTF-8 text (byte 0xe9 at byte offset {len(good) + 3}); "
+                               "convert it to UTF-8, or leave such files out with --on-decode-error skip")
+
+
+def test_skip_policy_leaves_files_out_with_a_warning_and_a_count(tmp_path, capsys):
+    root = _tree_with_a_latin1_file(tmp_path)
+    skipped: list[str] = []
+    docs = list(read_documents([root], [SOURCE_READER], on_decode_error="skip", skipped=skipped))
+    assert [d.id for d in docs] == ["a.py", "z.py"]
+    assert skipped == [f"{(root / 'old.py').as_posix()}:2: not UTF-8 text (byte 0xe9 at byte offset 11)"]
+    err = capsys.readouterr().err
+    assert f"foundry: skipping {skipped[0]}" in err
+    assert "foundry: skipped 1 of 3 files that are not UTF-8 text" in err
+    with pytest.raises(DataError, match="on_decode_error: 'ignore' is not allowed; choose one of error, skip"):
+        list(read_documents([root], [SOURCE_READER], on_decode_error="ignore"))

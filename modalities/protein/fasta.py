@@ -13,7 +13,9 @@ naming the file and the line or record:
 - empty file, or no records at all;
 - text before the first ``>`` header (biopython would skip it silently; here it is an error, since
   it usually means the file is not FASTA, e.g. a bare sequence or a CSV);
-- binary data (NUL bytes or bytes that are not UTF-8);
+- binary data (NUL bytes or bytes that are not UTF-8): ``foundry.readers.NotTextError`` naming
+  the line and byte offset, which ``on_decode_error: skip`` turns into a skipped file, as for
+  every reader;
 - a corrupt or truncated gzip stream;
 - a record with no sequence;
 - a character outside the alphabet (file, record id, header line, residue position).
@@ -31,7 +33,7 @@ from typing import IO, Iterator
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from foundry.errors import DataError
-from foundry.readers import Document
+from foundry.readers import Document, NotTextError, decode_text
 
 from .alphabet import EsmTokenizer
 
@@ -83,9 +85,28 @@ def _open_text(path: Path) -> IO[str]:
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, expected a FASTA file") from None
     if magic == _GZIP_MAGIC:
-        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape", newline="\n")
     # Undecodable bytes become lone surrogates, which _Lines reports with their line number.
-    return open(path, "r", encoding="utf-8", errors="surrogateescape")
+    # newline="\n": lines end where the raw bytes' lines end, so _not_text finds the same line.
+    return open(path, "r", encoding="utf-8", errors="surrogateescape", newline="\n")
+
+
+def _not_text(path: Path, line_no: int) -> NotTextError:
+    """The error for the first bad byte, found on line ``line_no`` of the text stream: the raw
+    bytes are read again up to that line to name the byte and its offset in the file."""
+    with open(path, "rb") as probe:
+        gz = probe.read(2) == _GZIP_MAGIC
+    offset = 0
+    with (gzip.open if gz else open)(path, "rb") as raw:
+        for number, line in enumerate(raw, start=1):
+            if number == line_no:
+                try:
+                    decode_text(line, str(path), number, offset)
+                except NotTextError as exc:
+                    return exc
+                break
+            offset += len(line)
+    return NotTextError(f"{path}:{line_no}: not UTF-8 text")
 
 
 class _Lines:
@@ -103,11 +124,8 @@ class _Lines:
         # The parser iterates twice (skip to the first header, then the records): keep state here.
         for line in self.handle:
             self.n += 1
-            bad = _BINARY.search(line)
-            if bad:
-                char = bad.group()
-                what = "a NUL byte" if char == "\x00" else f"byte 0x{ord(char) - 0xDC00:02x}, which is not UTF-8"
-                raise DataError(f"{self.path}: line {self.n}: not a text FASTA file ({what}; binary data?)")
+            if _BINARY.search(line):
+                raise _not_text(self.path, self.n)
             if line.startswith(">"):
                 self.seen_header = True
                 self.headers.append(self.n)

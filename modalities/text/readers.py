@@ -11,8 +11,9 @@ JSONL (``.jsonl``, ``.jsonl.gz``): one JSON object per line, the document in its
 blank lines and empty texts are skipped; ids are ``path:line``.
 
 Every file is read as UTF-8 (a leading BOM is dropped). Bad input raises ``DataError`` naming
-the file and line: undecodable bytes, NUL bytes (binary files), bad JSON, a missing field,
-an empty file.
+the file and line: bad JSON, a missing field, an empty file. Undecodable or NUL bytes raise
+``foundry.readers.NotTextError`` (file, line, byte offset), which ``on_decode_error: skip`` turns
+into a skipped file, as for every reader.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from foundry.errors import DataError
-from foundry.readers import Document, Reader
+from foundry.readers import Document, Reader, decode_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -32,25 +33,7 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 MAX_CHARS = 2048
 
 
-# -- decoding --------------------------------------------------------------------------------
-
-
-def decode_utf8(data: bytes, where: str, first_line: int = 1) -> str:
-    """Bytes → str, or a ``DataError`` naming ``where`` and the line of the first bad byte."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = first_line + data.count(b"\n", 0, exc.start)
-        bad = data[exc.start]
-        raise DataError(
-            f"{where}:{line}: not UTF-8 text (byte 0x{bad:02x} at offset {exc.start}); "
-            "is this a binary file? Text must be UTF-8"
-        ) from None
-    nul = text.find("\x00")
-    if nul >= 0:
-        line = first_line + text.count("\n", 0, nul)
-        raise DataError(f"{where}:{line}: NUL byte in text; this looks like a binary file, not text")
-    return text
+# -- naming ----------------------------------------------------------------------------------
 
 
 def display_path(path: Path) -> str:
@@ -69,7 +52,7 @@ def read_text(path: Path, max_chars: int = MAX_CHARS) -> Iterator[Document]:
         raise DataError(f"{name}: cannot read ({exc.strerror})") from None
     if not data:
         raise DataError(f"{name}: file is empty")
-    text = decode_utf8(data, name).removeprefix("\ufeff")
+    text = decode_text(data, name).removeprefix("\ufeff")
     found = False
     for line, start, end in chunk_spans(text, max_chars):
         found = True
@@ -125,10 +108,12 @@ def read_jsonl(path: Path, field: str = "text") -> Iterator[Document]:
     opener = gzip.open if name.lower().endswith(".gz") else open
     count = 0
     number = 0
+    offset = 0  # of the current line in the (uncompressed) file, for decode errors
     try:
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
-                text = _jsonl_text(raw, name, number, field)
+                text = _jsonl_text(raw, name, number, field, offset)
+                offset += len(raw)
                 if text:
                     count += 1
                     yield Document(id=f"{name}:{number}", text=text, source=name)
@@ -142,8 +127,8 @@ def read_jsonl(path: Path, field: str = "text") -> Iterator[Document]:
         raise DataError(f"{name}: no record has a non-empty {field!r} field")
 
 
-def _jsonl_text(raw: bytes, name: str, number: int, field: str) -> str:
-    line = decode_utf8(raw, name, first_line=number)
+def _jsonl_text(raw: bytes, name: str, number: int, field: str, offset: int = 0) -> str:
+    line = decode_text(raw, name, first_line=number, first_offset=offset)
     if number == 1:
         line = line.removeprefix("\ufeff")
     if not line.strip():
