@@ -1,7 +1,9 @@
 """``foundry <modality> finetune`` and ``foundry <modality> predict``, shared by every modality.
 
-A modality attaches them to its group (``finetune_command(name)``), choosing which tasks it offers
-and a sentence of help; everything else is the same engine.
+A modality attaches them to its group (``finetune_command(name, tasks)``), choosing which
+registered tasks it offers; each task adds its own options (``Task.options``: ``--wildtype`` comes
+with variant-effect). Every flag is a key of the run config's ``finetune``/``train``/``model``
+sections, so ``--config FILE.yaml`` and ``--set finetune.batch_size=8`` work as for pretraining.
 """
 
 from __future__ import annotations
@@ -13,90 +15,146 @@ import click
 
 from ..errors import FoundryError
 
+P = click.Path(path_type=Path)
 
-def _overrides(items: Sequence[str]) -> dict:
-    from ..config import parse_override
+#: flag -> config key (None values are "not given")
+FLAG_KEYS = {
+    "source": "model.init_from", "preset": "model.preset", "task": "finetune.task", "train": "finetune.train", "valid": "finetune.valid",
+    "test": "finetune.test", "train_labels": "finetune.train_labels", "valid_labels": "finetune.valid_labels",
+    "test_labels": "finetune.test_labels", "sequence_column": "finetune.sequence_column", "label_column": "finetune.label_column",
+    "id_column": "finetune.id_column", "out": "out", "strategy": "finetune.strategy", "lora_rank": "finetune.lora_rank",
+    "lora_alpha": "finetune.lora_alpha", "merge": "finetune.merge", "layer_decay": "finetune.layer_decay", "lr": "train.lr",
+    "epochs": "finetune.epochs", "max_steps": "train.max_steps", "batch_size": "finetune.batch_size", "max_len": "finetune.max_len",
+    "pooling": "finetune.pooling", "dropout": "finetune.dropout", "weight_decay": "train.weight_decay", "metric": "finetune.metric",
+    "patience": "train.patience", "eval_every": "train.eval_every", "save_every": "train.save_every", "l2sp": "finetune.l2sp",
+    "replay": "finetune.replay", "forgetting_docs": "finetune.forgetting_docs", "seed": "train.seed", "tokenizer": "finetune.tokenizer",
+    "grad_accum": "train.grad_accum", "mixed_precision": "train.mixed_precision",
+}
 
-    return dict(parse_override(item) for item in items)
+
+def _task_options(tasks: Sequence[str]):
+    """The union of the offered tasks' own options, as click options (``--wildtype`` …)."""
+    from .tasks import task_class
+
+    seen: dict[str, tuple[str, object]] = {}
+    for name in tasks:
+        for option in task_class(name).options:
+            seen.setdefault(option.name, (name, option))
+    decorators = []
+    for key, (owner, option) in seen.items():
+        owners = [t for t in tasks if any(o.name == key for o in task_class(t).options)]
+        decorators.append(click.option(f"--{key.replace('_', '-')}", f"task_option_{key}", type=option.type, default=None,
+                                       help=f"{', '.join(owners)}: {option.help}"))
+    return decorators
 
 
 def finetune_command(modality_name: str, tasks: Sequence[str], help_text: str = "") -> click.Command:
-    P = click.Path(path_type=Path)
-
-    @click.command(name="finetune", help=help_text or None)
-    @click.option("--from", "source", help="Pretrained model: a model dir, a fair-esm .pt, an HF directory (or cached hub id).")
-    @click.option("--model", "preset", help="Train this preset from scratch instead (the baseline for --from).")
-    @click.option("--model-set", "model_set", multiple=True, metavar="KEY=VALUE", help="Model config override for --model, e.g. n_layer=2.")
-    @click.option("--tokenizer", help="Tokenizer dir, for trunks that do not carry one.")
-    @click.option("--task", required=True, type=click.Choice(list(tasks)), help="What to predict.")
-    @click.option("--train", required=True, type=P, help="Training split: CSV/TSV with sequence and label columns, or a sequence file + --train-labels.")
-    @click.option("--valid", required=True, type=P, help="Validation split (early stopping, best model).")
-    @click.option("--test", type=P, help="Test split, scored once with the best model.")
-    @click.option("--train-labels", type=P, help="Labels for a sequence-file --train: table (id,label), '>id' file, or one per line.")
-    @click.option("--valid-labels", type=P)
-    @click.option("--test-labels", type=P)
-    @click.option("--sequence-column", default="sequence", show_default=True)
-    @click.option("--label-column", default="label", show_default=True)
-    @click.option("--id-column", default="id", show_default=True)
-    @click.option("--mutation-column", default="mutation", show_default=True, help="variant-effect: column of mutations like A24G:T50S.")
-    @click.option("--wildtype", help="variant-effect: the wild-type sequence, or a file holding it.")
-    @click.option("--wildtype-start", default=1, show_default=True, help="variant-effect: number of the wild type's first residue.")
-    @click.option("--ignore-label", default=".", show_default=True, help="residue-classification: label character meaning 'no label here'.")
-    @click.option("--out", type=P, help=f"Run directory (default runs/{modality_name}-finetune).")
-    @click.option("--strategy", type=click.Choice(["full", "frozen", "lora"]), default="full", show_default=True)
-    @click.option("--lora-rank", default=8, show_default=True)
-    @click.option("--lora-alpha", default=16.0, show_default=True)
-    @click.option("--merge", is_flag=True, help="LoRA: fold the adapters into the trunk when saving.")
-    @click.option("--layer-decay", default=1.0, show_default=True, help="Layer-wise LR decay factor (1 = none).")
-    @click.option("--lr", type=float, help="Peak learning rate (default 1e-4 full, 1e-3 frozen/lora).")
-    @click.option("--epochs", default=10, show_default=True)
-    @click.option("--max-steps", type=int, help="Optimizer steps (overrides --epochs).")
-    @click.option("--batch-size", default=16, show_default=True)
-    @click.option("--max-len", default=1024, show_default=True, help="Tokens per sequence; longer ones are cut.")
-    @click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), help="Sequence tasks (default: last token for causal trunks, else mean).")
-    @click.option("--dropout", default=0.1, show_default=True, help="Head dropout.")
-    @click.option("--contact-head", type=click.Choice(["pairwise", "attention"]), default="pairwise", show_default=True,
-                  help="contact: a pairwise head on embeddings, or ESM's regression on APC-corrected attention maps.")
-    @click.option("--weight-decay", default=0.01, show_default=True)
-    @click.option("--metric", help="Early-stopping metric on valid (default: spearman for regression, accuracy otherwise).")
-    @click.option("--patience", type=int, help="Stop after this many evaluations without improvement.")
-    @click.option("--eval-every", type=int, help="Steps between evaluations (default: one epoch).")
-    @click.option("--l2sp", default=0.0, show_default=True, help="L2-SP weight: pull toward the pretrained weights.")
-    @click.option("--replay", default=0.0, show_default=True, help="Share of each batch that is pretraining data (MLM/CLM replay).")
-    @click.option("--forgetting-data", multiple=True, type=P, help="Held-out pretraining files for the forgetting report (default: bundled corpus).")
-    @click.option("--forgetting-docs", default=128, show_default=True)
-    @click.option("--no-forgetting", is_flag=True, help="Skip the before/after pretraining-loss report.")
-    @click.option("--seed", default=0, show_default=True)
-    @click.option("--quiet", is_flag=True, help="No progress bar.")
-    def finetune(**kw):
+    def command(**kw):
         """Fine-tune a pretrained model (or train a preset from scratch) on labelled sequences."""
-        from .loop import LoopSettings
-        from .run import DataOptions, ForgettingOptions, ModelOptions, finetune as run_finetune, format_report
+        run_finetune_cli(modality_name, tasks, kw)
 
-        if not kw["source"] and not kw["preset"]:
-            raise FoundryError("give --from MODEL (fine-tune a pretrained model) or --model PRESET (train from scratch)")
-        strategy = kw["strategy"]
-        if kw["preset"] and strategy != "full":
-            raise FoundryError(f"--strategy {strategy} needs pretrained weights (--from); a model from scratch trains fully")
-        lr = kw["lr"] if kw["lr"] is not None else (1e-4 if strategy == "full" else 1e-3)
-        data = DataOptions(
-            train=kw["train"], valid=kw["valid"], test=kw["test"], train_labels=kw["train_labels"], valid_labels=kw["valid_labels"],
-            test_labels=kw["test_labels"], sequence_column=kw["sequence_column"], label_column=kw["label_column"], id_column=kw["id_column"],
-            mutation_column=kw["mutation_column"], wildtype=kw["wildtype"], wildtype_start=kw["wildtype_start"],
-            ignore_label=kw["ignore_label"], max_len=kw["max_len"],
-        )
-        model = ModelOptions(source=kw["source"], preset=kw["preset"], overrides=_overrides(kw["model_set"]), tokenizer=kw["tokenizer"],
-                             strategy=strategy, lora_rank=kw["lora_rank"], lora_alpha=kw["lora_alpha"], merge=kw["merge"],
-                             pooling=kw["pooling"], dropout=kw["dropout"], pair_head=kw["contact_head"])
-        loop = LoopSettings(lr=lr, epochs=kw["epochs"], max_steps=kw["max_steps"], batch_size=kw["batch_size"], weight_decay=kw["weight_decay"],
-                            layer_decay=kw["layer_decay"], l2sp=kw["l2sp"], replay=kw["replay"], metric=kw["metric"], patience=kw["patience"],
-                            eval_every=kw["eval_every"], seed=kw["seed"], progress=not kw["quiet"])
-        forgetting = ForgettingOptions(enabled=not kw["no_forgetting"], data=list(kw["forgetting_data"]), docs=kw["forgetting_docs"])
-        out = kw["out"] or Path(f"runs/{modality_name}-finetune")
-        summary = run_finetune(modality_name, kw["task"], data, model, loop, out, forgetting)
+    options = [
+        click.option("--from", "source", help="Pretrained model: a model dir, a fair-esm .pt, an HF directory (or cached hub id)."),
+        click.option("--model", "preset", help="Train this preset from scratch instead (the baseline for --from)."),
+        click.option("--model-set", "model_set", multiple=True, metavar="KEY=VALUE", help="Model config override for --model, e.g. n_layer=2."),
+        click.option("--tokenizer", help="Tokenizer dir, for trunks that do not carry one."),
+        click.option("--task", type=click.Choice(list(tasks)), help="What to predict."),
+        click.option("--train", type=P, help="Training split: CSV/TSV with sequence and label columns, or a sequence file + --train-labels."),
+        click.option("--valid", type=P, help="Validation split (early stopping, best model)."),
+        click.option("--test", type=P, help="Test split, scored once with the best model."),
+        click.option("--train-labels", type=P, help="Labels for a sequence-file --train: table (id,label), '>id' file, or one per line."),
+        click.option("--valid-labels", type=P), click.option("--test-labels", type=P),
+        click.option("--sequence-column", help="Table column holding sequences [sequence]."),
+        click.option("--label-column", help="Table column holding labels [label]."),
+        click.option("--id-column", help="Table column holding ids [id]."),
+        *_task_options(tasks),
+        click.option("--out", type=P, help=f"Run directory (default runs/{modality_name}-finetune)."),
+        click.option("--config", "config_file", type=P, help="YAML run config (finetune:, train:, model: sections)."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set finetune.batch_size=8."),
+        click.option("--resume", type=P, help="Continue the fine-tuning run in this directory from its latest checkpoint."),
+        click.option("--strategy", type=click.Choice(["full", "frozen", "lora"]), help="full [default], frozen trunk, or LoRA adapters."),
+        click.option("--lora-rank", type=int), click.option("--lora-alpha", type=float),
+        click.option("--merge", is_flag=True, default=None, help="LoRA: fold the adapters into the trunk when saving."),
+        click.option("--layer-decay", type=float, help="Layer-wise LR decay factor (1 = none)."),
+        click.option("--lr", type=float, help="Peak learning rate (default 1e-4 full, 1e-3 frozen/lora)."),
+        click.option("--epochs", type=int, help="Passes over the training split [10]."),
+        click.option("--max-steps", type=int, help="Optimizer steps (overrides --epochs)."),
+        click.option("--batch-size", type=int, help="Sequences per micro-batch [16]."),
+        click.option("--grad-accum", type=int, help="Micro-batches per optimizer step [1]."),
+        click.option("--max-len", type=int, help="Tokens per sequence [1024]."),
+        click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), help="Sequence tasks (default: last token for causal trunks, else mean)."),
+        click.option("--dropout", type=float, help="Head dropout [0.1]."),
+        click.option("--weight-decay", type=float),
+        click.option("--metric", help="Early-stopping metric on valid (default: the task's)."),
+        click.option("--patience", type=int, help="Stop after this many evaluations without improvement."),
+        click.option("--eval-every", type=int, help="Steps between evaluations (default: one epoch)."),
+        click.option("--save-every", type=int, help="Steps between checkpoints under OUT/checkpoints (default: every evaluation)."),
+        click.option("--l2sp", type=float, help="L2-SP weight: pull toward the pretrained weights."),
+        click.option("--replay", type=float, help="Share of each batch that is pretraining data (objective replay)."),
+        click.option("--forgetting-data", multiple=True, type=P, help="Held-out pretraining files for the forgetting report."),
+        click.option("--forgetting-docs", type=int),
+        click.option("--no-forgetting", is_flag=True, help="Skip the before/after pretraining-loss report."),
+        click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"])),
+        click.option("--seed", type=int),
+        click.option("--processes", type=click.IntRange(min=1), default=1, help="Data-parallel processes on this machine (torchrun)."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return click.command(name="finetune", help=help_text or None)(command)
+
+
+def run_finetune_cli(modality_name: str, tasks: Sequence[str], kw: dict) -> None:
+    from ..config import parse_override
+    from ..distributed import process_state, relaunch_with_torchrun
+    from ..runconfig import resolve
+    from .run import finetune, format_report
+
+    if kw["processes"] > 1:
+        relaunch_with_torchrun(kw["processes"])
+    resume = kw["resume"]
+    flags = {key: kw[name] for name, key in FLAG_KEYS.items() if name in kw}
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
+    flags["model.overrides"] = dict(parse_override(item) for item in kw["model_set"]) or None
+    flags["finetune.task_options"] = {k.removeprefix("task_option_"): v for k, v in kw.items() if k.startswith("task_option_") and v is not None} or None
+    flags["finetune.forgetting_data"] = [str(p) for p in kw["forgetting_data"]] or None
+    flags["finetune.forgetting"] = False if kw["no_forgetting"] else None
+    flags["train.progress"] = False if kw["quiet"] else None
+    if resume and any(flags.get(k) is not None for k in ("model.init_from", "model.preset", "finetune.train", "out")):
+        raise FoundryError("--resume continues the run as configured; --from, --model, --train and --out cannot change")
+    defaults = {"out": f"runs/{modality_name}-finetune", "train.min_lr_ratio": 0.0, "train.keep_best": True, "train.log_every": 1}
+    cfg = resolve(modality_name, defaults=defaults, config_file=kw["config_file"], overrides=kw["overrides"], flags=flags, resume=resume)
+    check_finetune_config(cfg, tasks)
+    explicit = _explicit_keys(kw["config_file"], kw["overrides"], flags)
+    summary = finetune(cfg, resume=resume, explicit=explicit)
+    if process_state().is_main_process:
         click.echo(format_report(summary))
 
-    return finetune
+
+def check_finetune_config(cfg, tasks: Sequence[str]) -> None:
+    f = cfg.finetune
+    if f.task not in tasks:
+        raise FoundryError(f"finetune.task: {f.task!r}; choose one with --task: {', '.join(tasks)}" if f.task else
+                           f"--task is required: one of {', '.join(tasks)}")
+    for key in ("train", "valid"):
+        if not getattr(f, key):
+            raise FoundryError(f"--{key} is required (finetune.{key}: the {'training' if key == 'train' else 'validation'} split)")
+    if not cfg.model.init_from and not cfg.model.preset:
+        raise FoundryError("give --from MODEL (fine-tune a pretrained model) or --model PRESET (train from scratch)")
+    if cfg.model.preset and f.strategy != "full":
+        raise FoundryError(f"--strategy {f.strategy} needs pretrained weights (--from); a model from scratch trains fully")
+
+
+def _explicit_keys(config_file: Path | None, overrides: Sequence[str], flags: dict) -> set[str]:
+    """Config keys the user set (so the data-derived defaults leave them alone)."""
+    from ..config import load_yaml, parse_override
+    from ..runconfig import _flat
+
+    keys = {k for k, v in flags.items() if v is not None}
+    keys |= {parse_override(item)[0] for item in overrides}
+    if config_file:
+        keys |= set(_flat(load_yaml(config_file)))
+    return keys
 
 
 def predict_command(modality_name: str) -> click.Command:

@@ -1,194 +1,168 @@
-"""``finetune()``: from a model spec and labelled files to ``OUT/best/``, metrics and a report.
+"""``finetune()``: from a run config (its ``finetune`` section) to ``OUT/best/``, metrics and a report.
 
-Everything that can fail on bad input (model, data, labels, options) is checked before ``OUT`` is
-created, so a failed start leaves nothing that looks like a run.
+The training itself is the one loop (``foundry.train``) running a ``FinetuneWorkload``, so
+fine-tuning resumes exactly (``--resume OUT``), accumulates gradients, shards data over
+``--processes N``, and reports to trackers like pretraining. Everything that can fail on bad
+input (model, data, labels, options) is checked before ``OUT`` is created, so a failed start
+leaves nothing that looks like a run.
+
+    OUT/config.yaml        the resolved run config (reproduces the run with --config)
+    OUT/metrics.jsonl      training steps, validation evaluations, final scores
+    OUT/checkpoints/       as for pretraining: model dir + optimizer + data position
+    OUT/best/              the fine-tuned model with the best validation metric
+    OUT/summary.json       written last: the run finished
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..atomic import atomic_write_text
+from ..checkpoint import latest_checkpoint
+from ..config import RunConfig
+from ..distributed import process_state
 from ..errors import FoundryError
 from ..metrics import MetricsLog
 from ..plugins import get_manager
-from .data import encode_records, read_records
-from .forgetting import ForgettingProbe, ReplayStream, pretraining_documents
-from .heads import FinetuneModel, head_for
-from .loop import LoopInputs, LoopSettings, evaluate, train_loop
+from ..rundir import clean_leftovers, has_checkpoint, locked, prepare_fresh
+from ..train import run_training
+from .data import Columns, encode_records
+from .forgetting import forgetting_tools
+from .heads import FinetuneModel
 from .store import load_finetuned, save_finetuned
 from .strategies import apply_strategy, base_transformer, count_trainable
 from .tasks import get_task
+from .workload import FinetuneSettings, FinetuneWorkload, evaluate
+
+#: learning rates when none is given: a trunk that trains fully moves less than a fresh head/adapter
+DEFAULT_LR = {"full": 1e-4, "frozen": 1e-3, "lora": 1e-3}
 
 
-@dataclass
-class DataOptions:
-    train: Path
-    valid: Path
-    test: Path | None = None
-    train_labels: Path | None = None
-    valid_labels: Path | None = None
-    test_labels: Path | None = None
-    sequence_column: str = "sequence"
-    label_column: str = "label"
-    id_column: str = "id"
-    mutation_column: str = "mutation"
-    wildtype: str | None = None  # a sequence, or a file the modality reads (first record)
-    wildtype_start: int = 1
-    ignore_label: str = "."
-    max_len: int = 1024
-
-
-@dataclass
-class ModelOptions:
-    source: str | None = None  # --from: a model dir or anything convert.import_model reads
-    preset: str | None = None  # --model: train this architecture from scratch
-    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields for --model
-    tokenizer: str | None = None  # a tokenizer dir, for imported trunks without one
-    strategy: str = "full"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    merge: bool = False
-    pooling: str | None = None  # default: last token for causal trunks, mean otherwise
-    pair_head: str = "pairwise"  # contact: "pairwise" (embeddings) | "attention" (ESM's APC regression)
-    dropout: float = 0.1
-
-
-@dataclass
-class ForgettingOptions:
-    enabled: bool = True
-    data: list[Path] = field(default_factory=list)  # default: the modality's bundled corpus (held-out part)
-    docs: int = 128
-    max_len: int = 256
-
-
-def load_trunk(modality, opts: ModelOptions, seed: int):
-    """(Transformer, tokenizer, base spec). ``--from`` a model dir or an outside format; ``--model``
-    a preset from scratch. ``--tokenizer`` replaces the tokenizer the model would come with."""
+def load_trunk(modality, source: str | None, preset: str | None, overrides: dict, tokenizer_path: str | None, seed: int):
+    """(Transformer, tokenizer, base spec). ``source`` a model dir or an outside format; ``preset`` a
+    model from scratch. ``tokenizer_path`` replaces the tokenizer the model would come with."""
     from ..convert.hub import resolve_model_path
     from ..loading import load_for_modality, model_from_preset
 
-    if opts.source and opts.preset:
+    if source and preset:
         raise FoundryError("--from and --model exclude each other: --from fine-tunes a pretrained model, --model trains a preset from scratch")
-    given = modality.build_tokenizer([], {"path": opts.tokenizer}) if opts.tokenizer else None
-    if opts.source:
-        path = resolve_model_path(opts.source)
+    given = modality.build_tokenizer([], {"path": tokenizer_path}) if tokenizer_path else None
+    if source:
+        path = resolve_model_path(source)
         model, tokenizer, _ = load_for_modality(path, modality, allow_missing_head=True, tokenizer=given)
         return model, tokenizer, str(Path(path).resolve())
-    if given is None and modality.objective == "clm":
-        raise FoundryError(f"--model {opts.preset or modality.default_preset}: a {modality.name} model from scratch "
+    if given is None and not modality.builds_tokenizer_without_data:
+        raise FoundryError(f"--model {preset or modality.default_preset}: a {modality.name} model from scratch "
                            "needs --tokenizer DIR (a tokenizer or model dir)")
     tokenizer = given or modality.build_tokenizer([], {"path": None})
     torch.manual_seed(seed)
-    return model_from_preset(modality, opts.preset, tokenizer, opts.overrides), tokenizer, None
+    return model_from_preset(modality, preset, tokenizer, overrides), tokenizer, None
 
 
-def read_wildtype(value: str | None, readers) -> str | None:
-    if value is None:
-        return None
-    path = Path(value)
-    if path.is_file():
-        from ..readers import read_documents
-
-        docs = list(read_documents([path], readers))
-        return docs[0].text.strip().replace("\n", "")
-    return value.strip()
-
-
-def _split(path: Path | None, labels_path, data: DataOptions, readers, wildtype):
-    if path is None:
-        return None
-    return read_records(path, readers=readers, sequence_column=data.sequence_column, label_column=data.label_column,
-                        id_column=data.id_column, labels_path=labels_path, wildtype=wildtype,
-                        wildtype_start=data.wildtype_start, mutation_column=data.mutation_column)
+def resolve_schedule(cfg: RunConfig, explicit: set[str], train_examples: int) -> None:
+    """Fill what the user left to the data: steps from epochs, warm-up from its fraction, an
+    evaluation (and checkpoint) every epoch, the learning rate of the strategy. In place; the
+    result is what ``config.yaml`` records, so a resume or a rerun uses the same numbers."""
+    f, t = cfg.finetune, cfg.train
+    per_epoch = math.ceil(train_examples / (f.batch_size * t.grad_accum))
+    if "train.max_steps" not in explicit:
+        t.max_steps = max(1, f.epochs * per_epoch)
+    if "train.warmup_steps" not in explicit:
+        t.warmup_steps = max(1, int(round(f.warmup_fraction * t.max_steps)))
+    if "train.eval_every" not in explicit:
+        t.eval_every = max(1, min(per_epoch, t.max_steps))
+    if "train.save_every" not in explicit:
+        t.save_every = t.eval_every
+    if "train.lr" not in explicit:
+        t.lr = DEFAULT_LR[f.strategy]
 
 
-def _forgetting_tools(modality, readers, tokenizer, forgetting: ForgettingOptions, loop: LoopSettings, pretrained: bool):
-    """The forgetting probe (pretrained trunks only) and the replay stream (``--replay``)."""
-    probe = replay = None
-    if forgetting.enabled and pretrained:
-        texts = pretraining_documents(forgetting.data or modality.default_data(), readers, forgetting.docs, "all" if forgetting.data else "valid")
-        probe = ForgettingProbe(texts, tokenizer, modality.objective, forgetting.max_len)
-    if loop.replay > 0:
-        if not 0 < loop.replay < 1:
-            raise FoundryError(f"--replay {loop.replay}: the share of pretraining data must be in (0, 1)")
-        texts = pretraining_documents(modality.default_data(), readers, 4000, "train")
-        rows = round(loop.batch_size * loop.replay / (1 - loop.replay))
-        replay = ReplayStream(texts, tokenizer, modality.objective, rows, forgetting.max_len, loop.seed)
-    return probe, replay
-
-
-def finetune(modality_name: str, task_name: str, data: DataOptions, model_opts: ModelOptions, loop: LoopSettings,
-             out: Path, forgetting: ForgettingOptions | None = None) -> dict[str, Any]:
-    forgetting = forgetting or ForgettingOptions()
-    manager = get_manager()
-    modality = manager.modality(modality_name)
+def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] = frozenset()) -> dict[str, Any]:
+    manager, f = get_manager(), cfg.finetune
+    modality = manager.modality(cfg.modality)
     readers = manager.reader_objects(modality.readers)
-    task = get_task(task_name)
-    if hasattr(task, "ignore_char"):
-        task.ignore_char = data.ignore_label
-    if task.needs_wildtype and not data.wildtype:
-        raise FoundryError(f"--task {task.name} needs --wildtype (the wild-type sequence or a file holding it)")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FoundryError(f"{out}: already holds files; choose another --out")
+    task = get_task(f.task)
+    out = Path(resume or cfg.out)
+    checkpoint = latest_checkpoint(out) if resume and has_checkpoint(out) else None
+    main_process = process_state().is_main_process
+    if checkpoint is None and main_process:
+        prepare_fresh(out)
 
-    # -- everything that can fail on input, before OUT exists ------------------------------------
-    wildtype = read_wildtype(data.wildtype, readers) if task.needs_wildtype else None
-    records = {name: _split(p, lp, data, readers, wildtype) for name, p, lp in (
-        ("train", data.train, data.train_labels), ("valid", data.valid, data.valid_labels), ("test", data.test, data.test_labels))}
-    trunk, tokenizer, base = load_trunk(modality, model_opts, loop.seed)
+    # -- everything that can fail on input, before OUT is written -------------------------------
+    task.configure(f.task_options, readers)
+    columns = Columns(f.sequence_column, f.label_column, f.id_column)
+    splits = {"train": (f.train, f.train_labels), "valid": (f.valid, f.valid_labels), "test": (f.test, f.test_labels)}
+    records = {name: task.read_split(Path(path), Path(labels) if labels else None, columns, readers)
+               for name, (path, labels) in splits.items() if path}
+    trunk, tokenizer, base = load_trunk(modality, cfg.model.init_from, cfg.model.preset or None, cfg.model.overrides, f.tokenizer, cfg.train.seed)
     labels = task.fit([r.label for r in records["train"]], [r.where for r in records["train"]])
-    examples = {k: encode_records(v, tokenizer, task, labels, data.max_len) for k, v in records.items() if v is not None}
-    pooling = model_opts.pooling or ("last" if trunk.config.causal else "mean")
-    torch.manual_seed(loop.seed)
-    head = head_for(task.level, trunk.config.d_model, task.n_outputs(labels), pooling, model_opts.dropout,
-                    pair_head=model_opts.pair_head, n_layer=trunk.config.n_layer, n_head=trunk.config.n_head)
-    probe, replay = _forgetting_tools(modality, readers, tokenizer, forgetting, loop, pretrained=model_opts.source is not None)
-
+    examples = {k: encode_records(v, tokenizer, task, labels, f.max_len) for k, v in records.items()}
+    if checkpoint is None:
+        resolve_schedule(cfg, explicit, len(examples["train"]))
+    torch.manual_seed(cfg.train.seed)
+    head = task.build_head(trunk.config, task.n_outputs(labels), pooling=f.pooling, dropout=f.dropout)
+    probe, replay = forgetting_tools(modality, readers, tokenizer, cfg, pretrained=cfg.model.init_from is not None)
     before = probe.loss(trunk) if probe is not None else None
-    trunk = apply_strategy(trunk, model_opts.strategy, lora_rank=model_opts.lora_rank, lora_alpha=model_opts.lora_alpha)
+    trunk = apply_strategy(trunk, f.strategy, lora_rank=f.lora_rank, lora_alpha=f.lora_alpha)
     model = FinetuneModel(trunk, head, tokenizer.special_ids, tokenizer.pad_id, base_transformer(trunk).config.n_layer)
     trainable, total = count_trainable(model)
 
-    extras = {"wildtype": wildtype, "wildtype_start": data.wildtype_start, "ignore_label": data.ignore_label,
-              "sequence_column": data.sequence_column, "id_column": data.id_column, "mutation_column": data.mutation_column}
+    def save(m: FinetuneModel, directory: Path, merge: bool = False) -> None:
+        save_finetuned(directory, m, tokenizer, task, labels, strategy=f.strategy, modality=modality.name, base=base,
+                       max_len=f.max_len, merge=merge, extras={"task_options": task.saved_options(), **columns.as_dict()})
 
-    def save_best(m: FinetuneModel, info: dict) -> None:
-        save_finetuned(out / "best", m, tokenizer, task, labels, strategy=model_opts.strategy, modality=modality.name,
-                       base=base, max_len=data.max_len, merge=model_opts.merge, extras={**extras, **info})
+    def load(directory: Path):
+        return load_finetuned(directory, load_base=lambda spec: load_trunk(modality, spec, None, {}, f.tokenizer, cfg.train.seed))
 
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"modality": modality.name, "task": task.name, "data": _jsonable(asdict(data)), "model": _jsonable(asdict(model_opts)),
-              "loop": asdict(loop), "forgetting": _jsonable(asdict(forgetting))}
-    atomic_write_text(out / "config.json", json.dumps(config, indent=1) + "\n")
-    try:
-        result = train_loop(LoopInputs(model, task, labels, examples["train"], examples["valid"], tokenizer.pad_id, save_best, out,
-                                       probe, replay, model_opts.strategy), loop)
-    except BaseException:
-        if not (out / "best").exists():
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    def restore(m: FinetuneModel, directory: Path) -> None:
+        m.load_state_dict(load(directory).model.state_dict())
 
-    # -- the best model, as saved, scored again -----------------------------------------------------
-    best = load_finetuned(out / "best", load_base=lambda spec: load_trunk(modality, ModelOptions(source=spec, tokenizer=model_opts.tokenizer), loop.seed))
-    scores = {"valid": evaluate(best.model, task, labels, examples["valid"], loop.batch_size, tokenizer.pad_id)}
-    if "test" in examples:
-        scores["test"] = evaluate(best.model, task, labels, examples["test"], loop.batch_size, tokenizer.pad_id)
+    metric = f.metric or task.default_metric
+    settings = FinetuneSettings(f.batch_size, cfg.train.weight_decay, f.layer_decay, f.l2sp, f.replay, f.strategy, metric)
+    workload = FinetuneWorkload(model, task, labels, examples["train"], examples["valid"], tokenizer.pad_id, settings, cfg.train.seed,
+                                save, restore, replay)
+    fresh = checkpoint is None
+    with locked(out, enabled=main_process):
+        try:
+            if main_process:
+                clean_leftovers(out)
+                atomic_write_text(out / "config.yaml", cfg.to_yaml())
+            result = run_training(workload, cfg.train, out, resume_from=checkpoint, tracker_config=cfg.to_dict())
+        except BaseException:
+            if main_process and fresh and not has_checkpoint(out):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        if not main_process:
+            return {}
+        return _finish(cfg, out, result, task, labels, examples, load, save, probe, before,
+                       {"from": base, "trainable_parameters": trainable, "parameters": total})
+
+
+def _finish(cfg: RunConfig, out: Path, result: dict, task, labels, examples: dict, load, save, probe, before, info: dict) -> dict[str, Any]:
+    """The best model, as saved, scored again on valid (and test); forgetting; the summary."""
+    f = cfg.finetune
+    if not (out / "best").is_dir():
+        raise FoundryError(f"{out}: no evaluation gave a finite {result.get('metric', 'metric')}: there is no best model to keep")
+    best = load(out / "best")
+    if f.merge and f.strategy == "lora":
+        save(best.model, out / "best", merge=True)
+    pad_id = best.tokenizer.pad_id
+    scores = {split: evaluate(best.model, task, labels, examples[split], f.batch_size, pad_id) for split in ("valid", "test") if split in examples}
     after = probe.loss(best.model.trunk) if probe is not None else None
     summary = {
-        "task": task.name, "strategy": model_opts.strategy, "from": base, "preset": model_opts.preset, "metric": result["metric"],
-        "best_step": result["best_step"], "steps": result["steps"], "max_steps": result["max_steps"], "stopped_early": result["stopped_early"],
+        "task": task.name, "strategy": f.strategy, "from": info["from"], "preset": cfg.model.preset or None,
+        "metric": f.metric or task.default_metric, "best_step": result["best_step"], "steps": result["step"],
+        "max_steps": result["max_steps"], "stopped_early": result["stopped_early"],
         "train_examples": len(examples["train"]), "valid_examples": len(examples["valid"]), "test_examples": len(examples.get("test", [])),
-        "trainable_parameters": trainable, "parameters": total, "labels": labels.names, **{k: v for k, v in scores.items()},
-        "forgetting": None if probe is None else {"objective": modality.objective, "targets": probe.targets,
-                                                  "before": before, "after": after, "increase": after - before},
+        "trainable_parameters": info["trainable_parameters"], "parameters": info["parameters"], "labels": labels.names, **scores,
+        "forgetting": None if probe is None else {"objective": probe.objective_name, "loss_name": probe.loss_name, "data": probe.source,
+                                                  "targets": probe.targets, "before": before, "after": after, "increase": after - before},
         "best_model": str(out / "best"),
     }
     log = MetricsLog(out / "metrics.jsonl")
@@ -201,10 +175,6 @@ def finetune(modality_name: str, task_name: str, data: DataOptions, model_opts: 
     return summary
 
 
-def _jsonable(d: dict) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v) for k, v in d.items()}
-
-
 def format_report(summary: dict) -> str:
     """The final table: one row per split, the task's metrics as columns, then forgetting."""
     splits = [s for s in ("valid", "test") if s in summary]
@@ -214,8 +184,7 @@ def format_report(summary: dict) -> str:
         lines.append(f"{s:8s}" + "".join(f"{summary[s].get(c, float('nan')):10.4f}" for c in columns))
     f = summary.get("forgetting")
     if f:
-        what = "masked-LM" if f["objective"] == "mlm" else "next-token"
-        lines.append(f"forgetting: {what} loss on held-out pretraining data {f['before']:.4f} -> {f['after']:.4f} ({f['increase']:+.4f})")
+        lines.append(f"forgetting: {f['loss_name']} on held-out pretraining data ({f['data']}) {f['before']:.4f} -> {f['after']:.4f} ({f['increase']:+.4f})")
     lines.append(f"best model: {summary['best_model']} (step {summary['best_step']} of {summary['steps']}, "
                  f"{summary['trainable_parameters']:,} of {summary['parameters']:,} parameters trained, strategy {summary['strategy']})")
     return "\n".join(lines)
