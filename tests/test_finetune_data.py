@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from foundry.errors import DataError
-from foundry.finetune.data import apply_mutations, batches, encode_records, read_records
+from foundry.finetune.data import batches, encode_records, read_records
 from foundry.finetune.tasks import IGNORE, get_task
 from foundry.plugins import get_manager
 from modalities.protein.alphabet import EsmTokenizer
@@ -68,16 +68,43 @@ def test_fasta_plus_labels_by_id(tmp_path):
 
 def test_mutations_apply_with_offset_and_mismatch_names_row_position_letter(tmp_path):
     wt = (DATA / "pab1_wt.fasta").read_text().split("\n")[1]
-    assert apply_mutations(wt, "G126A", start=126)[0] == "A"
-    double = apply_mutations("MKTAYIAK", "K2R:A4G")
-    assert double == "MRTGYIAK"
-    assert apply_mutations("MKT", "WT") == "MKT"
-    table = write(tmp_path, "v.csv", "mutation,label\nK2R,0.1\nA3G:T50S,0.2\n")
-    with pytest.raises(DataError, match=r"v\.csv: line 3: mutation 'A3G' does not match the wild type: position 3 is 'T', not 'A'"):
+    first = write(tmp_path, "o.csv", "mutation,label\nG126A,0.1\nWT,0.0\n")
+    records = read_records(first, wildtype=wt, wildtype_start=126)
+    assert records[0].sequence[0] == "A" and records[0].sequence[1:] == wt[1:] and records[1].sequence == wt
+    table = write(tmp_path, "v.csv", "mutation,label\nK2R:A4G,0.1\nA3G:T50S,0.2\n")
+    with pytest.raises(DataError, match=r"v\.csv: line 3: mutation A3G: position 3 expects wild-type A but the sequence "
+                                        r"has T there \(--wildtype-start 1; is it right\?\)"):
         read_records(table, wildtype="MKTAYIAK")
+    assert read_records(write(tmp_path, "d.csv", "mutation,label\nK2R:A4G,0.1\n"), wildtype="MKTAYIAK")[0].sequence == "MRTGYIAK"
     far = write(tmp_path, "f.csv", "mutation,label\nK20R,0.1\n")
-    with pytest.raises(DataError, match=r"line 2: mutation 'K20R': position 20 is outside the wild type \(residues 1..8\)"):
+    with pytest.raises(DataError, match=r"line 2: mutation K20R: position 20 is outside the wild-type sequence \(positions 1..8"):
         read_records(far, wildtype="MKTAYIAK")
+
+
+@pytest.mark.parametrize("mutations, message", [
+    ("K2R K3T", None),  # space-separated, as score-variants reads it
+    ("K2R+K3T", None),
+    ("K2R:K2T", "position 2 is mutated twice"),  # used to apply both, silently keeping the last
+    ("K2*", "stop codons"),  # used to say 'not of the form A24G'
+    ("K2J", "'J' is not an amino-acid letter"),  # used to tokenize as an error much later, or not at all
+    ("", "empty mutation"),
+])
+def test_variant_effect_reads_mutations_with_the_score_variants_parser(tmp_path, mutations, message):
+    table = write(tmp_path, "v.csv", f"mutation,label\nK2R,0.1\n\"{mutations}\",0.2\n")
+    if message is None:
+        assert read_records(table, wildtype="MKKAYIAK")[1].sequence == "MRTAYIAK"
+        return
+    with pytest.raises(DataError, match=message) as err:
+        read_records(table, wildtype="MKKAYIAK")
+    assert str(err.value).startswith(f"{table}: line 3: ")
+
+
+def test_a_mistyped_wildtype_file_is_an_error_not_a_sequence(tmp_path):
+    table = write(tmp_path, "v.csv", "mutation,label\nWT,0.1\n")
+    with pytest.raises(DataError, match=r"--wildtype wt\.fasta: no such file, and not a protein sequence \('\.' at position 3"):
+        read_records(table, wildtype="wt.fasta")  # used to become the sequence WT.FASTA ('.' is a gap token)
+    fasta = write(tmp_path, "wt.fasta", ">wt\nmktay\n")
+    assert read_records(table, wildtype=str(fasta))[0].sequence == "MKTAY"
 
 
 def test_bad_letters_label_length_missing_column_empty_split_each_name_file_and_row(tmp_path):

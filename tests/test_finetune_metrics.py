@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from foundry.finetune import metrics as M
-from foundry.finetune.tasks import IGNORE, precision_at_l
+from foundry.finetune.tasks import IGNORE, get_task
+from modalities.protein.contact_metrics import contact_precisions
 
 
 def test_spearman_with_ties_equals_pearson_of_average_ranks():
@@ -70,15 +71,29 @@ def test_residue_metrics_report_q3_and_q8():
     assert M.residue_metrics(y8, np.eye(8))["q8"] == pytest.approx(1.0)
 
 
-def test_precision_at_l_uses_top_pairs_beyond_the_separation():
-    n = 30
-    target = np.zeros((n, n), np.float32)
-    target[0, 29] = target[29, 0] = 1
-    target[1, 28] = target[28, 1] = 1
-    target[2, 3] = IGNORE  # unlabelled pairs never count
-    logits = np.zeros((n, n))
-    logits[0, 29], logits[1, 28], logits[2, 27] = 5, 4, 3  # L/5 = 6 top pairs: 2 true among them
-    assert precision_at_l(logits, target, 24, 5) == pytest.approx(2 / 6)
+def _contact_example(n: int, contacts: str, scores: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Token-level (n + 2, n + 2) logits and target as the contact task sees them: <cls> and <eos>
+    rows/columns unlabelled, pairs closer than 6 unlabelled."""
+    task = get_task("contact")
+    inner = task.encode(contacts, n, "x.csv: line 2", task.fit([contacts], ["x"]))
+    target = np.full((n + 2, n + 2), IGNORE, np.float32)
+    target[1:-1, 1:-1] = inner
+    logits = np.zeros((n + 2, n + 2))
+    for (i, j), v in scores.items():  # 0-based residues
+        logits[i + 1, j + 1] = logits[j + 1, i + 1] = v
+    return logits, target
+
+
+def test_contact_task_scores_p_at_l5_with_the_protein_implementation():
+    task = get_task("contact")
+    info = task.fit(["1-28"], ["x"])
+    # 28 residues: L/5 = 5 (not 30 tokens // 5 = 6, as the task's own P@L counted before)
+    logits, target = _contact_example(28, "1-28;2-27", {(0, 27): 5, (1, 26): 4, (2, 27): 3})
+    assert task.metrics([logits], [target], info)["p_at_l5_long"] == pytest.approx(2 / 5)
+    assert contact_precisions(logits[1:-1, 1:-1], target[1:-1, 1:-1])["long_P@L5"] == pytest.approx(2 / 5)
+    # 26 residues: only 3 pairs are 24+ apart but k = 5; the missing 2 count as wrong (ESM), not 3/3
+    logits, target = _contact_example(26, "1-25;1-26;2-26", {(0, 24): 3, (0, 25): 2, (1, 25): 1})
+    assert task.metrics([logits], [target], info)["p_at_l5_long"] == pytest.approx(3 / 5)
 
 
 def test_early_stopping_direction():

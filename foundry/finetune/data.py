@@ -7,7 +7,8 @@ Inputs, per split (``--train``, ``--valid``, ``--test``):
 - any file the modality reads (FASTA for proteins) plus a labels file: a table with ``id`` and
   label columns, a FASTA-style file of labels keyed by record id (FLIP's layout), or one label per
   line in record order;
-- for ``variant-effect``: a table of mutation strings (``A24G``, ``A24G:T50S``) of the wild type.
+- for ``variant-effect``: a table of mutation strings (``A24G``, ``A24G:T50S``) of the wild type,
+  read by the protein plugin's parser (``modalities/protein/mutations.py``).
 
 Every problem is one ``DataError`` naming the file and the line (tables) or record (FASTA).
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,8 +30,6 @@ from .tasks import IGNORE, LabelInfo, Task
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".csv.gz", ".tsv.gz", ".tab.gz")
 MUTATION_COLUMNS = ("mutation", "mutations", "mutant", "variant")
-WILDTYPE_NAMES = {"", "wt", "_wt", "wildtype", "wild-type"}
-_MUTATION = re.compile(r"^([A-Za-z])(\d+)([A-Za-z])$")
 
 
 @dataclass
@@ -51,6 +49,7 @@ class Example:
     tokens: np.ndarray  # (T,) int64 with the tokenizer's special tokens
     target: np.ndarray | None  # per task level: (k,), (T,) or (T, T); IGNORE where unlabelled
     where: str = ""
+    cut: int = 0  # residues (tokens of the body) past max_len that the model never sees
 
 
 @dataclass
@@ -193,8 +192,15 @@ def _attach_labels(records: list[Record], labels_path: Path, label_column: str, 
 
 
 def _mutation_records(path, wildtype, start, mutation_column, label_column, id_column) -> list[Record]:
+    # variant-effect is a protein task: its wild type and mutation strings go through the protein
+    # plugin's one reader and one parser, the ones `protein score-variants` uses (the same rules
+    # for separators, '*', repeated positions). The import moves with the task into the plugin.
+    from modalities.protein.mutations import apply_mutations, parse_mutations
+    from modalities.protein.wildtype import read_wildtype
+
     if not is_table(path):
         raise DataError(f"{path}: variant-effect input must be a CSV/TSV table with a mutation column")
+    wildtype = read_wildtype(wildtype)
     columns, rows = read_table(path)
     fallbacks = [c for c in MUTATION_COLUMNS if c != mutation_column]
     mut_col = _column(path, columns, mutation_column, "mutation", fallbacks)
@@ -203,31 +209,10 @@ def _mutation_records(path, wildtype, start, mutation_column, label_column, id_c
     for line, row in rows:
         where = f"{path}: line {line}"
         mutations = row[mut_col].strip()
-        seq = apply_mutations(wildtype, mutations, start, where)
-        rid = row.get(id_column, "").strip() or mutations or "WT"
+        seq = apply_mutations(wildtype, parse_mutations(mutations, where), start, where, option="--wildtype-start")
+        rid = row.get(id_column, "").strip() or mutations
         records.append(Record(rid, seq, row[label_col] if label_col else None, where))
     return records
-
-
-def apply_mutations(wildtype: str, mutations: str, start: int = 1, where: str = "") -> str:
-    """``"A24G:T50S"`` (or comma-separated) applied to ``wildtype`` whose first residue is number
-    ``start``. The wild-type letter of every mutation must match."""
-    if mutations.strip().lower() in WILDTYPE_NAMES:
-        return wildtype
-    seq = list(wildtype)
-    for part in re.split(r"[:,;+]", mutations):
-        part = part.strip()
-        match = _MUTATION.match(part)
-        if not match:
-            raise DataError(f"{where}: mutation {part!r} is not of the form A24G (wild-type letter, position, new letter)")
-        wt, pos, new = match.group(1).upper(), int(match.group(2)), match.group(3).upper()
-        i = pos - start
-        if not 0 <= i < len(wildtype):
-            raise DataError(f"{where}: mutation {part!r}: position {pos} is outside the wild type (residues {start}..{start + len(wildtype) - 1})")
-        if wildtype[i].upper() != wt:
-            raise DataError(f"{where}: mutation {part!r} does not match the wild type: position {pos} is {wildtype[i]!r}, not {wt!r}")
-        seq[i] = new
-    return "".join(seq)
 
 
 # -- encoding -----------------------------------------------------------------------------------
@@ -259,7 +244,7 @@ def encode_records(records: list[Record], tokenizer, task: Task, info: LabelInfo
         tokens = np.concatenate([full[:front], body[:keep], full[len(full) - back:]]) if back else np.concatenate([full[:front], body[:keep]])
         if target is not None:
             target = _align(task.level, target, keep, front, len(tokens))
-        examples.append(Example(record.id, record.sequence, tokens, target, record.where))
+        examples.append(Example(record.id, record.sequence, tokens, target, record.where, cut=len(body) - keep))
     return examples
 
 

@@ -30,8 +30,10 @@ def load_for_prediction(model_dir: Path, tokenizer_path: str | None = None) -> F
 
 
 def predict_file(model_dir: Path, input_path: Path, output: Path, *, sequence_column: str | None = None, id_column: str | None = None,
-                 batch_size: int = 16, tokenizer_path: str | None = None) -> int:
-    """Write predictions for every record of ``input_path``; returns how many."""
+                 batch_size: int = 16, tokenizer_path: str | None = None, warn=None) -> int:
+    """Write predictions for every record of ``input_path``; returns how many.
+
+    ``warn(message)`` receives what the user should know (default: a line on stderr)."""
     ft = load_for_prediction(Path(model_dir), tokenizer_path)
     meta = ft.meta
     modality = get_manager().modality(meta["modality"])
@@ -43,9 +45,13 @@ def predict_file(model_dir: Path, input_path: Path, output: Path, *, sequence_co
         id_column=id_column or meta.get("id_column", "id"), wildtype=meta.get("wildtype") if ft.task.needs_wildtype else None,
         wildtype_start=meta.get("wildtype_start", 1), mutation_column=meta.get("mutation_column", "mutation"),
     )
-    examples = encode_records(records, ft.tokenizer, ft.task, None, meta.get("max_len", 1024))
+    max_len = meta.get("max_len", 1024)
+    examples = encode_records(records, ft.tokenizer, ft.task, None, max_len)
+    front, back = special_layout(ft.tokenizer)
+    note = truncation_note(examples, max_len - front - back, max_len, ft.task.level)
+    if note:
+        (warn or _stderr)(note)
     logits = predict_logits(ft.model, examples, batch_size, ft.tokenizer.pad_id, ft.task.level)
-    front, _ = special_layout(ft.tokenizer)
     rows, maps = [], []
     for example, out in zip(examples, logits):
         if ft.task.level != "sequence":  # drop the special tokens: one output per residue
@@ -59,6 +65,20 @@ def predict_file(model_dir: Path, input_path: Path, output: Path, *, sequence_co
     if maps:
         write_maps(map_folder(Path(output)), [r["id"] for r in rows], maps)
     return len(rows)
+
+
+def truncation_note(examples, window: int, max_len: int, level: str) -> str | None:
+    """Sequences longer than the model's window are cut, never silently: how many, by how much.
+    ``window``: residues that fit in ``max_len`` tokens beside the special tokens."""
+    cut = [e for e in examples if e.cut]
+    if not cut:
+        return None
+    longest = max(cut, key=lambda e: e.cut)
+    what = {"residue": "their predicted state strings stop there, shorter than the sequences",
+            "pair": "their contact maps cover only those residues"}.get(level, "their predictions see only those residues")
+    return (f"warning: {len(cut)} of {len(examples)} sequences are longer than the model's window of {window} residues "
+            f"(max_len {max_len} tokens); {what} ({sum(e.cut for e in cut)} residues left out; longest: "
+            f"{longest.id!r}, {window + longest.cut} residues)")
 
 
 def map_folder(output: Path) -> Path:
@@ -85,6 +105,12 @@ def write_maps(folder: Path, ids: list[str], maps: list[np.ndarray]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr)
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..errors import DataError, FoundryError
 from ..registry import Registry
 from . import metrics as M
 
@@ -69,6 +69,14 @@ class Task:
 
     def n_outputs(self, info: LabelInfo) -> int:
         return 1 if self.regression else len(info.names)
+
+    def declare_classes(self, text: str) -> None:
+        """The classes the user names (``--classes``) instead of those the training split shows."""
+        raise FoundryError(f"--task {self.name}: --classes applies to classification tasks only")
+
+    def read_wildtype(self, value: str) -> str:
+        """The wild-type sequence ``--wildtype`` gives, inline or as a file (``needs_wildtype`` tasks)."""
+        raise FoundryError(f"--task {self.name}: --wildtype applies to variant-effect only")
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, info: LabelInfo) -> torch.Tensor:
         raise NotImplementedError
@@ -118,16 +126,35 @@ class VariantEffect(SequenceRegression):
     name = "variant-effect"
     needs_wildtype = True
 
+    def read_wildtype(self, value):
+        # The protein plugin's one wild-type reader (score-variants uses it too); this task moves
+        # into that plugin with the task registry, and the import with it.
+        from modalities.protein.wildtype import read_wildtype
+
+        return read_wildtype(value)
+
 
 class SequenceClassification(Task):
     name = "sequence-classification"
     level = "sequence"
+    classes: list[str] | None = None  # declared by the user; None: the training split defines them
+
+    def declare_classes(self, text):
+        self.classes = _class_list(text, per_char=False)
 
     def fit(self, labels, where):
         multi = any(MULTI_LABEL_SEPARATOR in raw for raw in labels)
-        names = sorted({part for raw, w in zip(labels, where) for part in self._parts(raw, w, multi)})
+        parts = [(part, w) for raw, w in zip(labels, where) for part in self._parts(raw, w, multi)]
+        if self.classes is not None:
+            for part, w in parts:
+                if part not in self.classes:
+                    raise DataError(f"{w}: label {part!r} is not one of the declared classes ({', '.join(self.classes)})")
+            return LabelInfo(list(self.classes), multi_label=multi)
+        if not multi:
+            _refuse_numeric_classes(labels, where)
+        names = sorted({part for part, _ in parts})
         if len(names) < 2 and not multi:
-            raise DataError(f"{where[0].split(':')[0]}: a classification task needs at least 2 classes in the training labels, found {names}")
+            raise DataError(f"{_file_of(where[0])}: a classification task needs at least 2 classes in the training labels, found {names}")
         return LabelInfo(names, multi_label=multi)
 
     def _parts(self, raw: str, where: str, multi: bool) -> list[str]:
@@ -177,11 +204,33 @@ class ResidueClassification(Task):
     name = "residue-classification"
     level = "residue"
     ignore_char = "."
+    classes: list[str] | None = None  # declared states ("HEC"); None: the training split defines them
+
+    def declare_classes(self, text):
+        names = _class_list(text, per_char=True)
+        if any(len(n) != 1 for n in names):
+            raise FoundryError(f"--classes {text!r}: per-residue states are single characters, e.g. HEC")
+        if self.ignore_char in names:
+            raise FoundryError(f"--classes {text!r}: {self.ignore_char!r} marks residues without a label; it cannot be a state")
+        self.classes = names
 
     def fit(self, labels, where):
-        names = sorted({c for raw in labels for c in raw.strip()} - {self.ignore_char})
+        seen: dict[str, tuple[int, str, int]] = {}  # state -> (count, where first, position first)
+        for raw, w in zip(labels, where):
+            for i, c in enumerate(raw.strip()):
+                if c == self.ignore_char:
+                    continue
+                if self.classes is not None and c not in self.classes:
+                    raise DataError(f"{w}: label {c!r} at position {i + 1} is not one of the declared states "
+                                    f"({''.join(self.classes)}; {self.ignore_char!r} = no label)")
+                count, w0, i0 = seen.get(c, (0, w, i + 1))
+                seen[c] = (count + 1, w0, i0)
+        if self.classes is not None:
+            return LabelInfo(list(self.classes))
+        names = sorted(seen)
         if len(names) < 2:
-            raise DataError(f"{where[0].split(':')[0]}: per-residue labels need at least 2 states, found {names}")
+            raise DataError(f"{_file_of(where[0])}: per-residue labels need at least 2 states, found {names}")
+        _refuse_typo_states(seen, self.ignore_char)
         return LabelInfo(names)
 
     def encode(self, raw, n_residues, where, info):
@@ -255,7 +304,11 @@ class Contact(Task):
         return F.binary_cross_entropy_with_logits(logits[keep].float(), targets[keep].float())
 
     def metrics(self, logits, targets, info):
-        precisions = [precision_at_l(lg, t, 24, 5) for lg, t in zip(logits, targets)]
+        # The protein plugin's one P@L implementation (ESM's convention; `protein contacts` uses it
+        # too): L counts residues with labels, not special tokens; missing pairs count as wrong.
+        from modalities.protein.contact_metrics import contact_precisions
+
+        precisions = [contact_precisions(lg, t, ranges={"long": (24, None)})["long_P@L5"] for lg, t in zip(logits, targets)]
         precisions = [p for p in precisions if not math.isnan(p)]
         return {"p_at_l5_long": float(np.mean(precisions)) if precisions else float("nan")}
 
@@ -267,18 +320,6 @@ class Contact(Task):
         return {"prediction": ";".join(f"{i[k] + 1}-{j[k] + 1}" for k in order)}
 
 
-def precision_at_l(logits: np.ndarray, target: np.ndarray, min_sep: int, fraction: int) -> float:
-    """Precision of the top L/fraction predicted pairs with separation >= ``min_sep``."""
-    n = target.shape[0]
-    i, j = np.triu_indices(n, min_sep)
-    labelled = target[i, j] != IGNORE
-    i, j = i[labelled], j[labelled]
-    if len(i) == 0:
-        return float("nan")
-    top = np.argsort(-np.asarray(logits)[i, j], kind="stable")[: max(1, n // fraction)]
-    return float(target[i[top], j[top]].mean())
-
-
 def probabilities(logits: np.ndarray, info: LabelInfo) -> np.ndarray:
     """Softmax over classes (sigmoid per label for multi-label), in float64."""
     logits = np.asarray(logits, np.float64)
@@ -286,6 +327,61 @@ def probabilities(logits: np.ndarray, info: LabelInfo) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-logits))
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def _file_of(where: str) -> str:
+    """The file part of a "FILE: line 12 (id 'x')" location."""
+    return where.split(": ", 1)[0]
+
+
+def _class_list(text: str, per_char: bool) -> list[str]:
+    """``--classes``: comma-separated names; per-residue states may also be written "HEC"."""
+    text = text.strip()
+    names = [n.strip() for n in text.split(",")] if "," in text or not per_char else list(text)
+    names = [n for n in names if n.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise FoundryError(f"--classes {text!r}: give at least 2 distinct classes, e.g. H,E,C")
+    return names
+
+
+def _refuse_numeric_classes(labels: list[str], where: list[str]) -> None:
+    """Labels that are all numbers with many distinct fractional values are a regression target:
+    classification would make one class per value. Integer labels (class ids) are fine."""
+    values = []
+    for raw in labels:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            return
+        if not math.isfinite(value):
+            return
+        values.append(value)
+    distinct = sorted(set(values))
+    if len(distinct) < 3 or all(v.is_integer() for v in distinct):
+        return
+    if len(distinct) > 10 or 2 * len(distinct) > len(values):
+        shown = ", ".join(repr(raw.strip()) for raw in labels[:3])
+        raise DataError(f"{_file_of(where[0])}: the labels are numbers with {len(distinct)} distinct values in {len(values)} rows "
+                        f"(e.g. {shown}); sequence-classification would make one class per value. "
+                        "For a numeric target use --task sequence-regression")
+
+
+def _refuse_typo_states(seen: dict[str, tuple[int, str, int]], ignore_char: str) -> None:
+    """A state that differs from another only by case, or that occurs once in a training split
+    of 100+ labelled residues, is almost always a typo: it would silently become an extra class
+    (and, for SS3 data, take Q3 out of the report). Name it and where it is."""
+    total = sum(count for count, _, _ in seen.values())
+    for c, (count, w, i) in sorted(seen.items(), key=lambda kv: kv[1][0]):
+        twin = next((o for o in seen if o != c and o.lower() == c.lower() and seen[o][0] >= count), None)
+        if twin is not None:
+            why = f"differs from the state {twin!r} only by case ({count} vs {seen[twin][0]} residues)"
+        elif count == 1 and total >= 100:
+            why = f"occurs once among {total} labelled residues of the training split"
+        else:
+            continue
+        others = ", ".join(f"{o} {seen[o][0]}" for o in sorted(seen) if o != c)
+        raise DataError(f"{w}: label {c!r} at position {i} {why} (other states: {others}); a typo? "
+                        f"Fix it, or write {ignore_char!r} for a residue without a label")
 
 
 def _number(raw: str, where: str) -> float:

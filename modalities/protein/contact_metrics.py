@@ -14,6 +14,10 @@ follows CASP's:
   with coordinates), so a structure with a disordered tail is not penalised for it;
 - precision = true contacts among those k / k. When a range has fewer than k scorable pairs the
   missing ones count as wrong (ESM pads with zeros), so a short protein cannot score 1.0 on 3 pairs.
+  When k = 0 (fewer than n residues with labels) P@L/n is undefined: NaN here, null in files.
+
+This is the one P@L implementation: ``protein contacts`` and the ``contact`` fine-tuning task
+(``foundry.finetune.tasks``) both score through it.
 
 fair-esm's pip package ships no evaluation helper (its ``compute_precisions`` lives in a
 notebook); the tests check this module against a hand-computed example instead. Two differences
@@ -66,5 +70,9 @@ def contact_precisions(predictions, targets, length: int | None = None,
     return result
 
 
-def format_metrics(metrics: dict[str, float], keys=("short_P@L5", "medium_P@L5", "long_P@L5", "long_P@L2", "long_P@L")) -> str:
-    return "  ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
+def format_metrics(metrics: dict[str, float | None], keys=("short_P@L5", "medium_P@L5", "long_P@L5", "long_P@L2", "long_P@L")) -> str:
+    """One line; an undefined value (None, NaN: fewer than n residues for P@L/n) reads "n/a"."""
+    def shown(v) -> str:
+        return "n/a" if v is None or v != v else f"{v:.3f}"
+
+    return "  ".join(f"{k} {shown(metrics[k])}" for k in keys if k in metrics)

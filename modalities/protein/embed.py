@@ -179,7 +179,7 @@ def run_embed(pm: ProteinModel, fasta: Path, out: Path, layers: Sequence[int], f
     """
     import json
 
-    from foundry.model.store import atomic_directory
+    from foundry.atomic import atomic_directory
 
     ids, seqs = read_records(fasta, truncate)
     layer_ids = resolve_layers(layers, pm.model.config.n_layer)
@@ -187,7 +187,9 @@ def run_embed(pm: ProteinModel, fasta: Path, out: Path, layers: Sequence[int], f
     dim = pm.model.config.d_model
     means = np.zeros((len(ids), len(layer_ids), dim), dtype=np.float32)
     lengths = [0] * len(ids)
-    with atomic_directory(out) as tmp:
+    # float32 (n_layers, D) per record and per residue: what a full disk message reports as needed
+    rows = len(ids) + (sum(len(s) for s in seqs) if per_residue else 0)
+    with atomic_directory(out, needed=rows * len(layer_ids) * dim * 4) as tmp:
         if per_residue:
             (tmp / "per_residue").mkdir()
         for i, reps in embed_sequences(pm, seqs, layer_ids, batch_tokens):
@@ -245,11 +247,9 @@ def contact_inputs(path: Path, chain: str | None = None) -> list[ContactItem]:
 def run_contacts(pm: ProteinModel, items: list[ContactItem], out: Path, batch_tokens: int = 4096,
                  echo=print) -> list[dict]:
     """Write <name>.npy (L, L) probabilities and <name>.png per item; metrics for structures."""
-    import json
-
     from foundry.model.store import atomic_directory
 
-    from .contact_metrics import contact_precisions, format_metrics
+    from .contact_metrics import format_metrics
 
     found: dict[int, dict] = {}
     with atomic_directory(out) as tmp:
@@ -259,17 +259,62 @@ def run_contacts(pm: ProteinModel, items: list[ContactItem], out: Path, batch_to
             truth = it.labels.contacts if it.labels is not None else None
             write_png(tmp / f"{it.name}.png", contact_image(probs, truth))
             if truth is not None:
-                metrics = contact_precisions(probs, truth)
-                found[i] = {"name": it.name, "length": len(it.sequence), **metrics}
-                echo(f"{it.name}  L={len(it.sequence)}  {format_metrics(metrics)}")
+                found[i] = score_structure(it, probs)
+                reason = found[i].get("not_scored")
+                echo(f"{it.name}  L={len(it.sequence)}  " + (f"not scored: {reason}" if reason else format_metrics(found[i])))
         rows = [found[i] for i in sorted(found)]  # input order (batches run shortest first)
-        if rows:
-            keys = [k for k in rows[0] if k not in ("name", "length")]
-            lines = ["\t".join(["name", "length", *keys])]
-            lines += ["\t".join([r["name"], str(r["length"]), *(f"{r[k]:.4f}" for k in keys)]) for r in rows]
-            (tmp / "metrics.tsv").write_text("\n".join(lines) + "\n")
-            mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
-            (tmp / "metrics.json").write_text(json.dumps({"mean": mean, "structures": rows}, indent=1) + "\n")
-            if len(rows) > 1:
-                echo(f"mean over {len(rows)} structures  {format_metrics(mean)}")
+        mean = write_contact_metrics(tmp, rows)
+        scored = [r for r in rows if "not_scored" not in r]
+        if len(scored) > 1:
+            echo(f"mean over {len(scored)} structures  {format_metrics(mean)}")
+        if len(scored) < len(rows):
+            echo(f"{len(rows) - len(scored)} of {len(rows)} structures not scored (too few residues with coordinates)")
     return rows
+
+
+#: the atom contacts are measured on, for messages (structures.py: Cβ, Cα for glycine)
+_CONTACT_ATOM = "Cβ (Cα for glycine)"
+
+
+def score_structure(item: ContactItem, probs: np.ndarray) -> dict:
+    """{"name", "length", "long_P@L5", ...}, or {"name", "length", "not_scored": why} when fewer
+    than 5 residues have the atom contacts are measured on: then even P@L/5 (k = L // 5) is
+    undefined and the other precisions would be numbers about nothing."""
+    from .contact_metrics import FRACTIONS, contact_precisions
+
+    row = {"name": item.name, "length": len(item.sequence)}
+    observed = int(np.asarray(item.labels.mask).sum())
+    if observed < max(FRACTIONS.values()):
+        row["not_scored"] = (f"{observed} of {len(item.sequence)} residues have coordinates for {_CONTACT_ATOM}; "
+                             f"P@L/5 needs at least {max(FRACTIONS.values())}")
+        return row
+    return {**row, **contact_precisions(probs, item.labels.contacts)}
+
+
+def write_contact_metrics(folder: Path, rows: list[dict]) -> dict[str, float | None]:
+    """metrics.tsv and metrics.json for the structures of a run; returns the mean over scored
+    ones. An undefined value is NA in the TSV and null in the JSON (which allows no NaN)."""
+    import json
+    import math
+
+    scored = [r for r in rows if "not_scored" not in r]
+    if not rows:
+        return {}
+    keys = [k for k in scored[0] if k not in ("name", "length")] if scored else []
+
+    def defined(v) -> float | None:
+        return None if v is None or not math.isfinite(v) else float(v)
+
+    mean = {}
+    for k in keys:
+        values = [r[k] for r in scored if defined(r[k]) is not None]
+        mean[k] = float(np.mean(values)) if values else None
+    lines = ["\t".join(["name", "length", *keys])]
+    lines += ["\t".join([r["name"], str(r["length"]), *(("NA" if defined(r[k]) is None else f"{r[k]:.4f}") for k in keys)])
+              for r in scored]
+    if scored:
+        (folder / "metrics.tsv").write_text("\n".join(lines) + "\n")
+    doc = {"mean": mean, "structures": [{**r, **{k: defined(r[k]) for k in keys}} for r in scored],
+           "not_scored": [r for r in rows if "not_scored" in r]}
+    (folder / "metrics.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    return mean

@@ -15,6 +15,9 @@ default 0 assumes 0-based positions, ours (1) the usual 1-based numbering.
 ``allow_stop``, then the caller decides), a position
 mutated twice, or a letter outside the 20 amino acids plus X B Z U O is an error: the message names
 the record (the caller passes where it came from), position, expected and found letters.
+
+This is the one mutation parser: ``score-variants`` and the ``variant-effect`` fine-tuning task
+(``foundry.finetune.data``) both read mutation strings through it.
 """
 
 from __future__ import annotations
@@ -70,24 +73,29 @@ def parse_mutations(text: str, where: str = "", allow_stop: bool = False) -> tup
     return tuple(out)
 
 
-def check_mutations(mutations: Sequence[Mutation], wildtype: str, offset: int = 1, where: str = "") -> list[int]:
-    """0-based indices into ``wildtype``; DataError when a position is outside or the letter differs."""
+def check_mutations(mutations: Sequence[Mutation], wildtype: str, offset: int = 1, where: str = "",
+                    option: str = "--offset") -> list[int]:
+    """0-based indices into ``wildtype``; DataError when a position is outside or the letter differs.
+
+    ``option`` is the command-line option that sets ``offset``, named in the hint of a mismatch.
+    """
     prefix = f"{where}: " if where else ""
     indices = []
     for m in mutations:
         i = m.position - offset
         if not 0 <= i < len(wildtype):
             raise DataError(f"{prefix}mutation {m}: position {m.position} is outside the wild-type sequence "
-                            f"(positions {offset}..{offset + len(wildtype) - 1} with offset {offset})")
+                            f"(positions {offset}..{offset + len(wildtype) - 1} with {option} {offset})")
         if wildtype[i] != m.wt:
             raise DataError(f"{prefix}mutation {m}: position {m.position} expects wild-type {m.wt} but the "
-                            f"sequence has {wildtype[i]} there (offset {offset}; is --offset right?)")
+                            f"sequence has {wildtype[i]} there ({option} {offset}; is it right?)")
         indices.append(i)
     return indices
 
 
-def apply_mutations(wildtype: str, mutations: Sequence[Mutation], offset: int = 1, where: str = "") -> str:
+def apply_mutations(wildtype: str, mutations: Sequence[Mutation], offset: int = 1, where: str = "",
+                    option: str = "--offset") -> str:
     seq = list(wildtype)
-    for i, m in zip(check_mutations(mutations, wildtype, offset, where), mutations):
+    for i, m in zip(check_mutations(mutations, wildtype, offset, where, option), mutations):
         seq[i] = m.mt
     return "".join(seq)

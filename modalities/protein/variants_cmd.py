@@ -6,7 +6,7 @@
 
 The table (CSV, or TSV when the header has tabs) is copied unchanged with one score column added
 (``--score-column``, default the strategy name); without ``-o`` it goes to stdout. Scoring is in
-``variants.py``, mutation strings in ``mutations.py``.
+``variants.py``, mutation strings in ``mutations.py``, the wild type in ``wildtype.py``.
 """
 
 from __future__ import annotations
@@ -21,38 +21,7 @@ import click
 from foundry.atomic import atomic_write_text
 from foundry.errors import DataError, FoundryError
 
-
-def read_wildtype(value: str) -> str:
-    """A sequence given inline, in a FASTA file (one record) or in a plain text file."""
-    from .alphabet import EsmTokenizer
-
-    path = Path(value)
-    where = "--wildtype"
-    if path.is_file():
-        where = str(path)
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if text.lstrip().startswith(">"):
-            from .fasta import read_fasta
-
-            records = list(read_fasta(path))
-            if len(records) != 1:
-                raise DataError(f"{path}: {len(records)} FASTA records; --wildtype needs a file with exactly one")
-            text = records[0].text
-        sequence = "".join(text.split())
-    elif any(sep in value for sep in "/\\") or value.lower().endswith((".fasta", ".fa", ".txt")):
-        raise DataError(f"--wildtype {value}: no such file")
-    else:
-        sequence = "".join(value.split())
-    if not sequence:
-        raise DataError(f"{where}: empty wild-type sequence")
-    sequence = sequence.upper().rstrip("*")
-    try:
-        EsmTokenizer().encode(sequence)
-        if "<" in sequence:
-            raise DataError("special tokens are not allowed in a wild-type sequence")
-    except DataError as exc:
-        raise DataError(f"{where}: {exc}") from None
-    return sequence
+from .wildtype import read_wildtype
 
 
 def read_table(path: Path, column: str) -> tuple[list[str], list[list[str]], list[int], str]:
