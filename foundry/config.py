@@ -1,13 +1,17 @@
 """Typed run configs: defaults < modality defaults < YAML file < ``--set key=value`` overrides.
 
 Every key is declared in a dataclass below, so a typo or a wrong type fails before anything runs,
-with a message naming the key and what is allowed.
+with a message naming the key and what is allowed. Every number has its allowed range in
+``RANGES`` (checked by ``validate``, which every built config passes through), so a value that
+would crash the run later (``train.save_every 0``, a NaN learning rate) is refused up front.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +54,9 @@ class DataSection:
     valid_fraction: float = 0.02  # share of documents held out when no prepared valid split exists
     max_valid_docs: int = 500
     max_train_docs: int | None = None  # cap for quick experiments
+    #: a file that is not UTF-8 text (or holds NUL bytes): "error" stops naming file, line and
+    #: byte; "skip" leaves the file out with a warning and reports how many were skipped
+    on_decode_error: Literal["error", "skip"] = "error"
 
 
 @dataclass
@@ -72,7 +79,7 @@ class TrainSection:
     beta2: float = 0.98
     eps: float = 1e-8
     grad_accum: int = 1
-    clip_norm: float = 1.0
+    clip_norm: float = 1.0  # 0 = no clipping
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     seed: int = 0
     log_every: int = 10
@@ -103,6 +110,146 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# -- allowed values ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key allows: ``low``/``high`` bounds (None = unbounded), each inclusive
+    unless ``*_open``. Floats must also be finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    why: str = ""  # shown after the range: what the key means, when that explains the bound
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, integer: bool) -> str:
+        kind = "an integer" if integer else "a finite number"
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            text = f"{kind} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {low}"
+        elif self.high is not None:
+            text = f"{kind} {'<' if self.high_open else '<='} {high}"
+        else:
+            text = kind
+        return f"{text} ({self.why})" if self.why else text
+
+
+def _number(x: float | None) -> str:
+    return "" if x is None else str(int(x)) if float(x).is_integer() else str(x)
+
+
+SHARE = Range(0, 1)
+#: Every int and float key of ``RunConfig``, by dotted name (``[]`` for each item of a list).
+#: A test checks that no numeric key is missing, so a new key must come with its range.
+RANGES: dict[str, Range] = {
+    "tokenizer.vocab_size": Range(1),
+    "data.sources[].weight": Range(0, low_open=True, why="its share relative to the other sources"),
+    "data.max_len": Range(2, why="tokens per row: at least one input and one target"),
+    "data.batch_tokens": Range(1, why="tokens per micro-batch"),
+    "data.valid_fraction": Range(0, 1, high_open=True, why="share of documents held out for validation"),
+    "data.max_valid_docs": Range(1),
+    "data.max_train_docs": Range(1, why="or null for no cap"),
+    "objective.mask_prob": Range(0, 1, low_open=True, why="share of tokens the masked LM predicts"),
+    "objective.mask_replace": SHARE,
+    "objective.random_replace": SHARE,
+    "objective.fim_rate": Range(0, 1, why="share of documents rearranged for fill-in-the-middle"),
+    "train.max_steps": Range(1, why="optimizer steps to train"),
+    "train.lr": Range(0, low_open=True),
+    "train.min_lr_ratio": SHARE,
+    "train.warmup_steps": Range(0),
+    "train.weight_decay": Range(0),
+    "train.beta1": Range(0, 1, high_open=True),
+    "train.beta2": Range(0, 1, high_open=True),
+    "train.eps": Range(0, low_open=True),
+    "train.grad_accum": Range(1, why="micro-batches per optimizer step"),
+    "train.clip_norm": Range(0, why="0 turns clipping off"),
+    # Seeds are mixed into derived 64-bit generator seeds (seed * 1e9 + step), so they stay 32-bit.
+    "train.seed": Range(0, 2**32 - 1),
+    "train.log_every": Range(1, why="steps between log lines"),
+    "train.eval_every": Range(1, why="steps between evaluations"),
+    "train.eval_batches": Range(1),
+    "train.save_every": Range(1, why="steps between checkpoints"),
+    "train.keep_checkpoints": Range(1, why="checkpoints kept on disk"),
+    "train.patience": Range(1, why="evaluations without improvement before stopping; null = never"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Refuse, naming the key, any value outside its range and any combination that cannot run.
+
+    Called on every config ``build_config``/``from_dict`` returns, so a run never starts on one.
+    """
+    _check_ranges(cfg, "", "")
+    d, o = cfg.data, cfg.objective
+    if d.batch_tokens < d.max_len:
+        raise ConfigError(f"data.batch_tokens: {d.batch_tokens} is not allowed; must be >= data.max_len ({d.max_len}), "
+                          "since a micro-batch holds whole rows of max_len tokens")
+    if o.mask_replace + o.random_replace > 1:
+        raise ConfigError(f"objective.mask_replace + objective.random_replace: {o.mask_replace} + {o.random_replace} "
+                          "is not allowed; the two shares of the selected tokens must add up to at most 1")
+    if d.paths and d.sources:
+        raise ConfigError("data.paths and data.sources both given: use one of them")
+    for i, source in enumerate(d.sources):
+        if not source.path:
+            raise ConfigError(f"data.sources[{i}].path: missing (a file, folder or prepared dataset)")
+
+
+def _check_ranges(section: Any, prefix: str, shown: str = "") -> None:
+    """``prefix``: the section's name in ``RANGES`` (list items as ``[]``); ``shown``: in messages
+    (list items with their index)."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        key, where, tp, value = prefix + f.name, shown + f.name, hints[f.name], getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, key + ".", where + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check_ranges(item, f"{key}[].", f"{where}[{i}].")
+        elif _numeric(tp) is not None and value is not None:
+            rule = RANGES.get(key)  # a key missing here is caught by tests/test_config.py
+            if rule is not None and not rule.admits(value):
+                raise ConfigError(f"{where}: {value!r} is not allowed; must be {rule.describe(_numeric(tp) is int)}")
+
+
+def _numeric(tp: Any) -> type | None:
+    """int or float for a numeric annotation (``int``, ``float | None``), else None."""
+    if tp in (int, float):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(tp) if a in (int, float)]
+        return found[0] if found else None
+    return None
+
+
+def resolve_for_run(cfg: RunConfig, modality: Any) -> RunConfig:
+    """The config as this run will use it, checked against this machine; call it before anything
+    is created. The modality's defaults are written out (``model.preset`` unless the run starts
+    from a model, ``data.paths`` = the bundled corpus when no data is given), so the
+    ``config.yaml`` saved from it reproduces the run with ``--config``. ``cfg`` is not changed."""
+    from .distributed import check_mixed_precision
+
+    validate(cfg)
+    check_mixed_precision(cfg.train.mixed_precision)
+    cfg = copy.deepcopy(cfg)
+    if not cfg.model.preset and not cfg.model.init_from:
+        cfg.model.preset = modality.default_preset
+    if not cfg.data.paths and not cfg.data.sources:
+        cfg.data.paths = [str(p) for p in modality.default_data()]
+    return cfg
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -159,7 +306,9 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, data, "")
+    cfg = _build(RunConfig, data, "")
+    validate(cfg)
+    return cfg
 
 
 def _build(cls: type, data: Any, prefix: str):

@@ -21,9 +21,26 @@ def process_state() -> PartialState:
     return PartialState(cpu=on_cpu_only())
 
 
+def check_mixed_precision(mixed_precision: str, key: str = "train.mixed_precision") -> None:
+    """Refuse a precision this machine cannot honour, instead of training in float32 silently.
+
+    accelerate turns "fp16" off without a word when there is no CUDA device (torch's CPU autocast
+    has no float16), so the run would not be what its config says. "bf16" works on CPU (torch
+    autocasts matmuls to bfloat16 there) and on GPUs that support it.
+    """
+    from .errors import ConfigError
+
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}: 'fp16' needs a CUDA GPU and this machine has none (CPU autocast has no float16); "
+                          "use 'bf16' or 'no' here")
+    if mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"{key}: 'bf16' is not supported by this GPU ({torch.cuda.get_device_name()}); use 'fp16' or 'no'")
+
+
 def make_accelerator(mixed_precision: str, report_to: list[str] | None = None, project_dir=None) -> Accelerator:
     """An Accelerator for this machine; ``report_to`` names accelerate trackers (tensorboard,
     wandb, …) that must be installed: a missing one is an error, not a silent no-op."""
+    check_mixed_precision(mixed_precision)
     if not report_to:
         return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu_only())
     from accelerate.tracking import filter_trackers
