@@ -17,6 +17,7 @@ def load_for_modality(spec: str | Path, modality: Modality, allow_missing_head: 
     ``tokenizer`` replaces the one the model comes with (needed for trunks saved without one)."""
     from .convert import import_model
     from .model.store import load_model
+    from .weights import check_floating_state
 
     path = Path(spec)
     if path.is_dir() and (path / "model.json").is_file():
@@ -32,6 +33,8 @@ def load_for_modality(spec: str | Path, modality: Modality, allow_missing_head: 
             raise CheckpointError(f"{spec}: the {modality.name} modality cannot import outside models")
         check_objective(imported.config, modality, imported.path)
         model, source_format, path = imported.model, imported.source_format, imported.path
+        if source_format != "foundry":  # a foundry dir was checked by load_model already
+            check_floating_state(model.state_dict(), path)  # NaN/inf or integer weights: refused by name
         tokenizer = tokenizer or modality.import_tokenizer(imported.path, imported.source_format)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(

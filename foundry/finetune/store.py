@@ -24,6 +24,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..model.store import atomic_directory, load_model, save_model
+from ..weights import check_floating_state, check_weights, read_safetensors
 from .heads import FinetuneModel, build_head
 from .strategies import base_transformer
 from .tasks import LabelInfo, Task, get_task
@@ -78,8 +79,10 @@ def read_finetuned_meta(directory: Path) -> dict:
         raise CheckpointError(f"{path}: file not found (is {directory} a fine-tuned model from `finetune`?)")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise CheckpointError(f"{path}: not a foundry fine-tuned model (format {meta.get('format')!r} version {meta.get('version')!r})")
     return meta
@@ -87,9 +90,10 @@ def read_finetuned_meta(directory: Path) -> dict:
 
 def load_finetuned(directory: Path, load_base=None) -> FinetunedModel:
     """Rebuild trunk (+ adapter) and head. ``load_base(spec) -> (Transformer, tokenizer)`` reads
-    the base trunk of an unmerged adapter (default: a foundry model dir)."""
-    from safetensors.torch import load_file
+    the base trunk of an unmerged adapter (default: a foundry model dir).
 
+    Every weight file goes through ``foundry.weights``: a corrupt file, a tensor of the wrong
+    dtype or shape, NaN/inf values or an adapter that needs pickled code is one line naming it."""
     directory = Path(directory)
     meta = read_finetuned_meta(directory)
     if (directory / "adapter").is_dir():
@@ -97,20 +101,58 @@ def load_finetuned(directory: Path, load_base=None) -> FinetunedModel:
         if not base_spec:
             raise CheckpointError(f"{directory / META}: the adapter's base model is not recorded")
         transformer = load_base(base_spec)[0] if load_base else load_model(base_spec).model
-        from peft import PeftModel
-
-        from ..plugins import load_tokenizer
-
-        trunk = PeftModel.from_pretrained(transformer, str(directory / "adapter"))
-        tokenizer = load_tokenizer((directory / "tokenizer_kind").read_text().strip(), directory / "tokenizer")
+        trunk = _load_adapter(directory / "adapter", transformer)
+        tokenizer = _load_adapter_tokenizer(directory)
     else:
         loaded = load_model(directory / "trunk")
         trunk, tokenizer = loaded.model, loaded.tokenizer
-    head = build_head(meta["head"])
-    try:
-        head.load_state_dict(load_file(str(directory / "head.safetensors")))
-    except (RuntimeError, OSError) as exc:
-        raise CheckpointError(f"{directory / 'head.safetensors'}: cannot load the head: {exc}") from None
+    head = _load_head(directory, meta)
     n_layer = base_transformer(trunk).config.n_layer
     model = FinetuneModel(trunk, head, tokenizer.special_ids, tokenizer.pad_id, n_layer).eval()
     return FinetunedModel(model, tokenizer, get_task(meta["task"]), LabelInfo.from_dict(meta["labels"]), meta)
+
+
+def _load_head(directory: Path, meta: dict) -> torch.nn.Module:
+    path = directory / "head.safetensors"
+    try:
+        head = build_head(meta["head"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{directory / META}: the head description is missing or invalid: {exc}") from None
+    state, _ = read_safetensors(path)
+    check_weights(head.state_dict(), state, path)
+    head.load_state_dict(state)
+    return head
+
+
+#: what peft's ``save_pretrained`` writes, in the order peft reads them
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _load_adapter(adapter_dir: Path, transformer: torch.nn.Module):
+    """peft's ``PeftModel.from_pretrained``, after reading the weights ourselves: a corrupt file, a
+    ``.bin`` that needs pickled code, or non-finite values are refused before peft touches them."""
+    from peft import PeftModel
+
+    from ..convert.common import read_torch
+
+    weights = next((adapter_dir / name for name in ADAPTER_FILES if (adapter_dir / name).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{adapter_dir}: no adapter weights ({' or '.join(ADAPTER_FILES)})")
+    state = read_safetensors(weights)[0] if weights.suffix == ".safetensors" else read_torch(weights)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{weights}: expected a mapping of names to tensors, found {type(state).__name__}")
+    check_floating_state(state, weights)
+    try:
+        return PeftModel.from_pretrained(transformer, str(adapter_dir))
+    except Exception as exc:  # noqa: BLE001 - peft raises many types; each names a problem of these files
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{adapter_dir}: cannot load the LoRA adapter ({type(exc).__name__}: {detail})") from None
+
+
+def _load_adapter_tokenizer(directory: Path):
+    from ..plugins import load_tokenizer
+
+    kind_file = directory / "tokenizer_kind"
+    if not kind_file.is_file() or not (directory / "tokenizer").is_dir():
+        raise CheckpointError(f"{directory}: the adapter's tokenizer (tokenizer_kind, tokenizer/) is missing")
+    return load_tokenizer(kind_file.read_text().strip(), directory / "tokenizer")

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import CheckpointError, ConfigError, FoundryError
+from ..weights import check_weights, read_safetensors
 from .config import ModelConfig
 from .heads import AttentionContactHead
 from .transformer import Transformer
@@ -141,26 +142,12 @@ def read_meta(directory) -> dict:
     return meta
 
 
-def _load_tensors(path: Path, device) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        tensors = {}
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            metadata = f.metadata() or {}
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
-        return tensors, metadata
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
-
-
 def load_model(directory, map_location="cpu") -> LoadedModel:
-    """Read a model directory written by ``save_model``."""
-    from ..convert.common import check_state_dict  # shared shape checks, imported late (no cycle)
+    """Read a model directory written by ``save_model``.
 
+    Every tensor is checked before it is assigned (``foundry.weights.check_weights``): names,
+    shapes, floating dtype, finite values; a bad one is a ``CheckpointError`` naming file and tensor.
+    """
     directory = Path(directory)
     meta = read_meta(directory)
     try:
@@ -168,20 +155,14 @@ def load_model(directory, map_location="cpu") -> LoadedModel:
     except ConfigError as exc:
         raise CheckpointError(f"{directory / META_FILE}: {exc}") from None
 
-    state, _ = _load_tensors(directory / WEIGHTS_FILE, map_location)
-    check_state_dict(cfg, state, directory / WEIGHTS_FILE)
+    state, _ = read_safetensors(directory / WEIGHTS_FILE, map_location)
     with torch.device("meta"):
         model = Transformer(cfg)
+    check_weights(model.state_dict(), state, directory / WEIGHTS_FILE)
     model.load_state_dict(state, strict=True, assign=True)
 
     if (directory / CONTACT_FILE).exists():
-        head_state, head_meta = _load_tensors(directory / CONTACT_FILE, map_location)
-        try:
-            head = AttentionContactHead(**json.loads(head_meta["head"]))
-            head.load_state_dict(head_state, strict=True)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{directory / CONTACT_FILE}: not a contact head of this model: {exc}") from None
-        model.attach_contact_head(head.to(map_location))
+        model.attach_contact_head(_load_contact_head(directory / CONTACT_FILE, cfg, map_location))
 
     tokenizer = None
     tok_meta = meta.get("tokenizer")
@@ -203,3 +184,19 @@ def load_model(directory, map_location="cpu") -> LoadedModel:
                 f"{directory / META_FILE} ({tok_meta['fingerprint']}): the vocabulary was changed"
             )
     return LoadedModel(model.eval(), tokenizer, meta["modality"], cfg, meta.get("extras") or {})
+
+
+def _load_contact_head(path: Path, cfg: ModelConfig, map_location) -> AttentionContactHead:
+    head_state, head_meta = read_safetensors(path, map_location)
+    try:
+        head = AttentionContactHead(**json.loads(head_meta["head"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the head's description in the file metadata is missing or invalid: {exc}") from None
+    if (head.n_layer, head.n_head) != (cfg.n_layer, cfg.n_head):
+        raise CheckpointError(
+            f"{path}: a contact head for {head.n_layer} layers x {head.n_head} heads, but the model has "
+            f"{cfg.n_layer} x {cfg.n_head}: not a head of this model"
+        )
+    check_weights(head.state_dict(), head_state, path)
+    head.load_state_dict(head_state, strict=True)
+    return head.to(map_location)
