@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import copy
 import sys
 from pathlib import Path
 
@@ -10,6 +10,7 @@ import click
 
 from . import __version__
 from .errors import FoundryError
+from .plugins_cli import plugins
 
 
 @click.group()
@@ -18,23 +19,7 @@ def cli() -> None:
     """foundry: pretrain and fine-tune transformer foundation models for text, code and proteins."""
 
 
-@cli.command()
-@click.option("-v", "--verbose", is_flag=True, help="Show full tracebacks of failed plugins.")
-def plugins(verbose: bool) -> None:
-    """List loaded plugins, where they come from and what they contribute."""
-    from .plugins import get_manager
-
-    manager = get_manager()
-    if not manager.plugins and not manager.failures:
-        click.echo("no plugins loaded" + (" (FOUNDRY_DISABLE_PLUGIN_AUTOLOAD is set)" if os.environ.get("FOUNDRY_DISABLE_PLUGIN_AUTOLOAD") else ""))
-    for name, info in sorted(manager.plugins.items()):
-        click.echo(f"{name}  ({info.package} {info.version})".rstrip())
-        for kind, items in sorted(info.contributes.items()):
-            click.echo(f"  {kind}: {', '.join(_describe(kind, item, manager) for item in items)}")
-    for failure in manager.failures:
-        click.echo(f"{failure.name}  ({failure.package})  FAILED: {failure.error}")
-        if verbose:
-            click.echo(failure.detail)
+cli.add_command(plugins)
 
 
 @cli.command()
@@ -67,23 +52,15 @@ def export(model_dir: Path, target: str, out: Path) -> None:
         click.echo(f"wrote a fair-esm checkpoint to {written}")
 
 
-def _describe(kind: str, item: str, manager) -> str:
-    """A contribution with its details: a modality's objective, a command group's subcommands."""
-    if kind == "modalities":
-        modality = manager.modality(item)
-        return f"{item} ({modality.objective}, default preset {modality.default_preset})"
-    if kind == "commands" and isinstance(cli.commands.get(item), click.Group):
-        return f"{item} [{' '.join(sorted(cli.commands[item].commands))}]"
-    if kind == "readers":
-        return f"{item} ({' '.join(manager.readers.get(item).suffixes)})"
-    return item
-
-
 def build_cli() -> click.Group:
+    """The root command with every plugin's commands. Built fresh on each call (a copy of ``cli``),
+    so a plugin registered inline by a test, or one refused for a name clash, never lingers."""
     from .plugins import get_manager
 
-    get_manager().add_commands(cli)
-    return cli
+    root = copy.copy(cli)
+    root.commands = dict(cli.commands)
+    get_manager().add_commands(root)
+    return root
 
 
 def main(argv: list[str] | None = None) -> None:

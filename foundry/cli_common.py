@@ -14,8 +14,40 @@ from .config import build_config, load_yaml
 from .errors import FoundryError
 
 
+class ModalityGroup(click.Group):
+    """A modality's command group. Commands the modality cannot serve are hidden (left out of
+    ``--help``) and, called anyway, refused with the reason, instead of failing once running."""
+
+    def __init__(self, *args, modality_name: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.modality_name = modality_name
+
+    def unavailable(self) -> dict[str, str]:
+        """Command name -> why this modality cannot run it (looked up when the CLI is used)."""
+        from .plugins import get_manager
+
+        try:
+            modality = get_manager().modality(self.modality_name)
+        except FoundryError:
+            return {}  # not this process's manager (a test's own): hide nothing
+        if modality.import_tokenizer is None:
+            return {"import": f"the {self.modality_name} modality cannot import outside models "
+                              "(its plugin gives no Modality.import_tokenizer)"}
+        return {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        hidden = self.unavailable()
+        return [name for name in super().list_commands(ctx) if name not in hidden]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        reason = self.unavailable().get(cmd_name)
+        if reason:
+            raise click.UsageError(f"No such command {cmd_name!r}: {reason}.", ctx)
+        return super().get_command(ctx, cmd_name)
+
+
 def modality_group(name: str, help_text: str | None = None) -> click.Group:
-    @click.group(name=name, help=help_text or f"Pretrain and use {name} models.")
+    @click.group(name=name, cls=ModalityGroup, modality_name=name, help=help_text or f"Pretrain and use {name} models.")
     def group() -> None:
         pass
 
@@ -123,12 +155,12 @@ def _presets_command(modality_name: str) -> click.Command:
     @click.command(name="presets")
     def presets():
         """List the model presets of this modality."""
-        from .model.presets import PRESETS
         from .plugins import get_manager
 
-        modality = get_manager().modality(modality_name)
+        manager = get_manager()
+        modality = manager.modality(modality_name)
         for name in modality.presets:
-            p = PRESETS[name]
+            p = manager.presets.get(name)  # plain data: listing presets needs no torch
             layers, width, heads = p.get("n_layer"), p.get("d_model"), p.get("n_head")
             default = "  (default)" if name == modality.default_preset else ""
             click.echo(f"{name:16s} layers={layers} d_model={width} heads={heads}  {p.get('source', '')}{default}")

@@ -45,6 +45,18 @@ def register_readers(register):
 
 
 @hookspec
+def register_presets(register):
+    """Called once when the plugin manager starts, before ``register_modalities``.
+
+    ``register(name, spec)`` adds a model preset: ``spec`` is plain data (a dict of
+    ``foundry.model.config.ModelConfig`` fields with numbers, strings, booleans, plus an optional
+    ``source`` saying where the shapes come from). No torch is needed to register or list presets;
+    the fields are validated when a run builds the model. A modality lists the names in
+    ``Modality.presets``; the engine's own presets (``foundry/presets.py``) cannot be replaced.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Called when the CLI is built, with the root ``click.Group``.
 

@@ -19,9 +19,7 @@ class Registry(Generic[T]):
 
     def register(self, name: str, item: T, owner: str = "?") -> None:
         if name in self._items:
-            raise FoundryError(
-                f"{self.what} {name!r} is registered twice: by {self._owners[name]} and by {owner}"
-            )
+            raise FoundryError(duplicate_message(self.what, name, self._owners[name], owner))
         self._items[name] = item
         self._owners[name] = owner
 
@@ -56,3 +54,8 @@ def unknown_name_message(what: str, name: str, known) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"unknown {what} {name!r}.{hint} Known: {', '.join(known) or '(none)'}"
+
+
+def duplicate_message(what: str, name: str, first: str, second: str) -> str:
+    """The first registration keeps a name; the message names both owners (plugin and package)."""
+    return f"{what} {name!r} is registered twice: by {first} and by {second}; the first keeps it, the second is refused"
