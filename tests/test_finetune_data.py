@@ -166,3 +166,80 @@ def test_task_registry_lists_known_names_and_unregisters():
     finally:
         unregister_task("stability-test")
     assert "stability-test" not in TASKS
+
+
+# -- labels that would silently change the task ----------------------------------------------------
+
+
+def _ss3_with(tmp_path, row: int, position: int, char: str):
+    """The SS3 training split with one label character replaced (row: 0-based data row)."""
+    lines = (DATA / "ss3_train.csv").read_text().splitlines()
+    rid, seq, label = lines[row + 1].split(",")
+    lines[row + 1] = ",".join([rid, seq, label[: position - 1] + char + label[position:]])
+    return write(tmp_path, "ss3_train.csv", "\n".join(lines) + "\n"), rid
+
+
+def _fit(task, path):
+    records = read_records(path)
+    return task.fit([r.label for r in records], [r.where for r in records])
+
+
+def test_one_typo_in_ss3_training_labels_is_named_with_its_row_not_a_4th_class(tmp_path):
+    task = get_task("residue-classification")
+    assert _fit(task, DATA / "ss3_train.csv").names == ["C", "E", "H"]
+    typo, rid = _ss3_with(tmp_path, 6, 12, "X")
+    with pytest.raises(DataError, match=rf"ss3_train\.csv: line 8 \(id '{rid}'\): label 'X' at position 12 occurs once among "
+                                        r"\d+ labelled residues of the training split \(other states: C \d+, E \d+, H \d+\); a typo\?"):
+        _fit(task, typo)  # used to make 4 classes, and Q3 vanished from the report
+    lower, rid = _ss3_with(tmp_path, 3, 5, "h")
+    with pytest.raises(DataError, match=rf"line 5 \(id '{rid}'\): label 'h' at position 5 differs from the state 'H' only by case"):
+        _fit(task, lower)
+
+
+def test_declared_states_accept_a_rare_one_and_refuse_others(tmp_path):
+    task = get_task("residue-classification")
+    rare, _ = _ss3_with(tmp_path, 6, 12, "G")  # a real but rare state (3-10 helix), declared by the user
+    task.declare_classes("HGEC")
+    assert _fit(task, rare).names == ["H", "G", "E", "C"]
+    task.declare_classes("H,E,C")
+    with pytest.raises(DataError, match=r"line 8 \(id '.*'\): label 'G' at position 12 is not one of the declared states \(HEC; '\.' = no label\)"):
+        _fit(task, rare)
+    from foundry.errors import FoundryError
+
+    with pytest.raises(FoundryError, match="single characters"):
+        task.declare_classes("helix,strand")
+    with pytest.raises(FoundryError, match="applies to classification tasks only"):
+        get_task("sequence-regression").declare_classes("a,b")
+
+
+def test_unseen_state_in_valid_names_file_row_and_position(tmp_path):
+    task = get_task("residue-classification")
+    info = _fit(task, DATA / "ss3_train.csv")
+    valid = write(tmp_path, "v.csv", "id,sequence,label\np1,MKV,CCH\np2,MKVL,CCHh\n")
+    with pytest.raises(DataError, match=r"v\.csv: line 3 \(id 'p2'\): label 'h' at position 4 does not occur in the training split"):
+        encode_records(read_records(valid), TOK, task, info, 1024)
+
+
+def test_classification_on_numeric_labels_suggests_regression(tmp_path):
+    rows = "".join(f"MKV{'ACDEFGHIKL'[i % 10]},{0.1 * i + 0.05:.3f}\n" for i in range(12))
+    table = write(tmp_path, "stability.csv", "sequence,label\n" + rows)
+    with pytest.raises(DataError, match=r"stability\.csv: the labels are numbers with 12 distinct values in 12 rows \(e\.g\. '0\.050', "
+                                        r"'0\.150', '0\.250'\); sequence-classification would make one class per value\. "
+                                        r"For a numeric target use --task sequence-regression"):
+        _fit(get_task("sequence-classification"), table)
+    ids = write(tmp_path, "ids.csv", "sequence,label\n" + "".join(f"MKV,{i % 12}\n" for i in range(24)))
+    assert len(_fit(get_task("sequence-classification"), ids).names) == 12  # integer class ids stay classes
+    assert len(get_task("sequence-regression").fit([r.label for r in read_records(table)], ["w"] * 12).names) == 0
+
+
+def test_long_sequences_are_counted_for_the_prediction_warning():
+    from foundry.finetune.predict import truncation_note
+    from foundry.finetune.data import Record
+
+    records = [Record("long", "MKTAYIAKQR" * 3, None, "q.fasta: record 1"), Record("short", "MKT", None, "q.fasta: record 2")]
+    examples = encode_records(records, TOK, get_task("residue-classification"), None, max_len=12)
+    assert [e.cut for e in examples] == [20, 0]
+    assert truncation_note(examples, 10, 12, "residue") == (
+        "warning: 1 of 2 sequences are longer than the model's window of 10 residues (max_len 12 tokens); their predicted "
+        "state strings stop there, shorter than the sequences (20 residues left out; longest: 'long', 30 residues)")
+    assert truncation_note(examples[1:], 10, 12, "residue") is None

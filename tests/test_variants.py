@@ -174,6 +174,6 @@ def test_score_variants_wrong_offset_is_one_line_error(tiny, tmp_path, capsys):
     table.write_text("mutant,score\nG1A,0.5\nK3D,0.1\n")
     code, _, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, table, "--device", "cpu")
     assert code == 2 and err.count("\n") == 1
-    assert f"{table}: line 3: mutation K3D: position 3 expects wild-type K but the sequence has I" in err
+    assert f"{table}: line 3: mutation K3D: position 3 expects wild-type K but the sequence has I there (--offset 1; is it right?)" in err
     code, _, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, table, "--mutation-column", "variant")
     assert code == 2 and "no column 'variant'" in err
