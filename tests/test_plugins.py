@@ -62,6 +62,27 @@ def test_allow_list_and_autoload_switch():
     assert missing.returncode != 0 and "No such command 'text'" in missing.stderr
 
 
+def test_allow_list_entries_that_match_nothing_are_named():
+    typo = _foundry("plugins", env_extra={"FOUNDRY_PLUGINS": "protien"})
+    assert "FOUNDRY_PLUGINS names no installed plugin called 'protien' (did you mean 'protein'?); installed: " in typo.stdout
+    assert "no plugins loaded" in typo.stdout
+    assert "'protien' (did you mean 'protein'?)" in typo.stderr  # every command warns, not only `plugins`
+    partly = _foundry("plugins", env_extra={"FOUNDRY_PLUGINS": "protein, txt"})
+    assert "protein  (foundry" in partly.stdout and "called 'txt' (did you mean 'text'?)" in partly.stdout
+
+
+@pytest.mark.parametrize("value", ["", " , "])
+def test_an_empty_allow_list_loads_every_plugin(value):
+    result = _foundry("plugins", env_extra={"FOUNDRY_PLUGINS": value})
+    assert all(f"{name}  (foundry" in result.stdout for name in ("protein", "text", "code")), result.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "False", ""])
+def test_autoload_switch_set_to_a_false_value_keeps_loading(value):
+    result = _foundry("plugins", env_extra={"FOUNDRY_DISABLE_PLUGIN_AUTOLOAD": value})
+    assert "protein  (foundry" in result.stdout and "no plugins loaded" not in result.stdout
+
+
 class _DnaPlugin:
     """A third-party modality registered inline, the way a test or a notebook would."""
 
