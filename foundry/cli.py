@@ -38,15 +38,25 @@ def export(model_dir: Path, target: str, out: Path) -> None:
     if target == "hf":
         from .convert import export_hf
 
+        from .convert.hf import tokenizer_not_exported
+
         if out.exists() and any(out.iterdir()):
             raise FoundryError(f"{out}: already exists and is not empty")
         export_hf(loaded.model, loaded.tokenizer, out, loaded.modality)
         click.echo(f"wrote a transformers model to {out}")
+        missing = tokenizer_not_exported(loaded.tokenizer)
+        if missing:
+            where = f"; tokenize with foundry's tokenizer in {model_dir / 'tokenizer'}" if loaded.tokenizer is not None else ""
+            click.echo(f"note: {out} holds no tokenizer, AutoTokenizer will not load it: {missing}{where}", err=True)
     else:
         from .convert import export_fair_esm
+        from .convert.fair_esm import regression_path
 
         cfg = loaded.model.config
         path = out if out.suffix == ".pt" else out / f"esm2_t{cfg.n_layer}_foundry.pt"
+        taken = [p for p in (path, regression_path(path)) if p.exists()]
+        if taken:  # as --to hf: never overwrite what is there
+            raise FoundryError(f"{taken[0]}: already exists; choose another -o or remove it first")
         path.parent.mkdir(parents=True, exist_ok=True)
         written = export_fair_esm(loaded.model, path)
         click.echo(f"wrote a fair-esm checkpoint to {written}")
@@ -79,3 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        # Last resort for a write that no atomic helper wrapped: a full disk is the user's to fix,
+        # so it gets one line, not a traceback. Anything else is a bug and keeps its traceback.
+        from .atomic import DiskFullError, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        click.echo(f"error: {DiskFullError(getattr(exc, 'filename', None))}", err=True)
+        sys.exit(2)

@@ -8,7 +8,8 @@
 Output layout (see ``foundry.data.shards`` for a split folder)::
 
     DIR/manifest.json   written last, atomically: sources (size, mtime, sha256), tokenizer kind and
-                        fingerprint, vocab size, dtype, counts per split, the settings used
+                        fingerprint, vocab size, dtype, counts per split, the settings used, the
+                        sha256 of every shard file (checked when the data is opened for training)
     DIR/tokenizer/      the tokenizer, saved with ``Tokenizer.save``
     DIR/train/  DIR/valid/
 
@@ -46,6 +47,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..atomic import disk_full_as_error
 from ..errors import DataError, FoundryError
 from ..readers import Reader, iter_files
 from .manifest import (  # noqa: F401 - open_prepared & co. are re-exported: one import for callers
@@ -199,13 +201,15 @@ def prepare(
     cleanup_stale(out_dir)
 
     tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir(parents=True)
+    with disk_full_as_error(out_dir):
+        tmp.mkdir(parents=True)
     try:
-        manifest = _prepare_into(
-            tmp, files, tokenizer, workers, valid_fraction, shard_tokens, shard_docs, progress,
-            add_special_tokens, hash_sources, start_method, fsync,
-        )
-        swap_into_place(tmp, out_dir, overwrite)
+        with disk_full_as_error(out_dir, scratch=tmp):
+            manifest = _prepare_into(
+                tmp, files, tokenizer, workers, valid_fraction, shard_tokens, shard_docs, progress,
+                add_special_tokens, hash_sources, start_method, fsync, dest=out_dir,
+            )
+            swap_into_place(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -215,7 +219,7 @@ def prepare(
 def _prepare_into(
     tmp: Path, files: list[tuple[Path, Reader]], tokenizer, workers: int, valid_fraction: float | int,
     shard_tokens: int, shard_docs: int, progress: bool, add_special_tokens: bool, hash_sources: bool,
-    start_method: str, fsync: bool,
+    start_method: str, fsync: bool, *, dest: Path,
 ) -> Manifest:
     fingerprint = tokenizer.fingerprint()
     vocab_size = int(tokenizer.vocab_size)
@@ -243,14 +247,16 @@ def _prepare_into(
         bar = _Progress(progress, len(files))
         stream = _run(files, encoder, workers, tokenizer, tmp / TOKENIZER_DIR, start_method)
         try:
-            for chunk in stream:
-                _write_chunk(writers, chunk)
-                chars["valid"] += int(chunk.chars[chunk.valid].sum())
-                chars["train"] += int(chunk.chars[~chunk.valid].sum())
-                n_tokens = int(chunk.lengths.sum())
-                per_file[chunk.file_index][0] += len(chunk.ids)
-                per_file[chunk.file_index][1] += n_tokens
-                bar.update(chunk.file_index, len(chunk.ids), n_tokens, int(chunk.chars.sum()))
+            # translated here, before abort() deletes the shards, so the message can say how much was written
+            with disk_full_as_error(dest, scratch=tmp):
+                for chunk in stream:
+                    _write_chunk(writers, chunk)
+                    chars["valid"] += int(chunk.chars[chunk.valid].sum())
+                    chars["train"] += int(chunk.chars[~chunk.valid].sum())
+                    n_tokens = int(chunk.lengths.sum())
+                    per_file[chunk.file_index][0] += len(chunk.ids)
+                    per_file[chunk.file_index][1] += n_tokens
+                    bar.update(chunk.file_index, len(chunk.ids), n_tokens, int(chunk.chars.sum()))
         except BaseException:
             for w in writers.values():
                 w.abort()
@@ -258,10 +264,11 @@ def _prepare_into(
         finally:
             stream.close()  # stops the worker pool now, not when the traceback is collected
             bar.close()
-        counts = {}
+        counts, checksums = {}, {}
         for name, w in writers.items():
             info = w.close()
             counts[name] = SplitCounts(docs=info.docs, tokens=info.tokens, chars=chars[name], shards=info.shards)
+            checksums.update({f"{name}/{rel}": digest for rel, digest in info.checksums.items()})  # checked before training
         _check_counts(files, counts)
         sources = []
         for i, ((f, reader), before) in enumerate(zip(files, stats_before)):
@@ -281,7 +288,7 @@ def _prepare_into(
                   "valid_threshold": threshold, "shard_tokens": shard_tokens, "shard_docs": shard_docs,
                   "workers": workers, "add_special_tokens": add_special_tokens},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), foundry_version=_foundry_version(),
-        tokenizer_dir=TOKENIZER_DIR,
+        tokenizer_dir=TOKENIZER_DIR, checksums=checksums,
     )
     write_json_atomic(tmp / MANIFEST_NAME, manifest.to_dict())  # last: the folder is complete now
     return manifest
