@@ -17,7 +17,7 @@ QUICK = ["--max-steps", "4", "--batch-size", "8", "--quiet", "--forgetting-docs"
 def foundry(*args, check=True):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
     env["OMP_NUM_THREADS"] = "1"  # tiny models: one thread is faster, much faster on shared cores
-    result = subprocess.run([sys.executable, "-m", "foundry", *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "foundry", *map(str, args)], capture_output=True, text=True, env=env, timeout=1800)  # a hang guard, never a race
     if check and result.returncode != 0:
         raise AssertionError(f"foundry {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
     return result

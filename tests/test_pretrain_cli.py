@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,27 @@ TINY = [
 ]
 
 
-def foundry(*args, check=True, timeout=300):
+# Only a guard against a hung run, never a race: a loaded machine may be ten times slower.
+TIMEOUT = 1800
+
+
+def foundry(*args, check=True, timeout=TIMEOUT, prelude=None):
+    """Run ``python -m foundry ARGS`` (or ``python -c PRELUDE ARGS``, PRELUDE ending in main()).
+
+    The command runs in its own session so that a timeout kills the whole process group
+    (torchrun and its workers too), not only the launcher.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
-    result = subprocess.run([sys.executable, "-m", "foundry", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    command = [sys.executable, *(["-c", prelude] if prelude else ["-m", "foundry"]), *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"foundry {' '.join(args)} still running after {timeout} s:\n{stdout}\n{stderr}") from None
+    result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"foundry {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -51,22 +68,37 @@ def test_protein_pretrain_writes_metrics_checkpoints_and_a_final_model(tmp_path)
     assert again.returncode != 0 and "already holds files; continue it with --resume" in again.stderr
 
 
+# Dies by SIGKILL as it starts to write the step-6 checkpoint: steps 5 and 6 ran and were logged,
+# step-000004 is the latest checkpoint. The crash point is fixed by the run itself, not by how fast
+# the test notices a file, so the outcome does not depend on the machine's load.
+DIE_AT_STEP_6 = """
+import os, signal, sys
+import foundry.train as train
+
+real = train.save_checkpoint
+
+def save_or_die(*args, **kwargs):
+    step = args[1] if len(args) > 1 else kwargs["step"]
+    if step >= 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+train.save_checkpoint = save_or_die
+from foundry.cli import main
+main(sys.argv[1:])
+"""
+
+
 def test_killed_run_resumes_with_identical_losses(tmp_path):
     reference = tmp_path / "reference"
     foundry("protein", "pretrain", "--out", str(reference), "--max-steps", "12", "--save-every", "2", *TINY)
 
     interrupted = tmp_path / "interrupted"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "foundry", "protein", "pretrain", "--out", str(interrupted),
-                             "--max-steps", "12", "--save-every", "2", *TINY], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = interrupted / "checkpoints" / "LATEST"
-    deadline = time.time() + 240
-    while not (latest.exists() and latest.read_text().strip() >= "step-000004") and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (interrupted / "summary.json").exists(), "the run should have been killed before finishing"
+    killed = foundry("protein", "pretrain", "--out", str(interrupted), "--max-steps", "12", "--save-every", "2", *TINY,
+                     prelude=DIE_AT_STEP_6, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (interrupted / "checkpoints" / "LATEST").read_text().strip() == "step-000004"
+    assert max(losses(interrupted)) == 6 and not (interrupted / "summary.json").exists()
 
     foundry("protein", "pretrain", "--resume", str(interrupted), "--quiet")
     assert losses(interrupted) == losses(reference)

@@ -19,14 +19,14 @@ def site(tmp_path_factory):
     shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=1800)  # a hang guard, never a race
     return target
 
 
 def _foundry(site, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
     env["PYTHONPATH"] = str(site)
-    return subprocess.run([sys.executable, "-m", "foundry", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "foundry", *args], capture_output=True, text=True, env=env, timeout=1800)  # a hang guard, never a race
 
 
 def test_installed_plugin_is_listed_with_its_package_and_contributions(site):
