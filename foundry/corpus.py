@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .config import RunConfig
+from .config import DataSection, RunConfig
 from .data.dataset import InMemoryTokens, TokenDataset
 from .data.order import ClusterOrder, ConcatTokens, DocumentOrder, MixtureOrder, ShuffledOrder, read_clusters
-from .errors import ConfigError, DataError
+from .errors import DataError
 from .modality import Modality
 from .data.manifest import is_prepared, open_prepared
 from .plugins import get_manager
-from .readers import read_documents
+from .readers import Document, read_documents
 
 
 @dataclass
@@ -51,14 +51,8 @@ def load_run_data(cfg: RunConfig, modality: Modality, tokenizer=None) -> RunData
 
 def _load_mixture(cfg: RunConfig, modality: Modality, tokenizer) -> RunData:
     """Several sources drawn by weight; the tokenizer comes from the first (or tokenizer.path)."""
-    if cfg.data.paths:
-        raise ConfigError("data.paths and data.sources both given: use one of them")
-    parts = []
-    for i, source in enumerate(cfg.data.sources):
-        if not source.path:
-            raise ConfigError(f"data.sources[{i}].path: missing")
-        if not source.weight > 0:
-            raise ConfigError(f"data.sources[{i}].weight: must be a positive number, got {source.weight}")
+    parts = []  # paths vs sources, each path and weight: checked with the config (config.validate)
+    for source in cfg.data.sources:
         part = _load_source([Path(source.path)], cfg, modality, tokenizer)
         tokenizer = part.tokenizer
         parts.append(part)
@@ -83,23 +77,37 @@ def _load_source(paths: list[Path], cfg: RunConfig, modality: Modality, tokenize
         raise DataError("a prepared dataset must be the only --data path (mix sources with data.sources)")
 
     readers = get_manager().reader_objects(modality.readers)
-    documents = list(read_documents(paths, readers))
+    documents = list(read_documents(paths, readers, cfg.data.on_decode_error))
     if not documents:
         raise DataError(f"{', '.join(map(str, paths))}: no documents found")
     if tokenizer is None:
         settings = {"path": cfg.tokenizer.path, "vocab_size": cfg.tokenizer.vocab_size}
         tokenizer = modality.build_tokenizer(documents, settings)
-    encoded = tokenizer.encode_batch([d.text for d in documents])
-    keep = [i for i, ids in enumerate(encoded) if len(ids) > 0]
-    valid_idx, train_idx = split_by_id([documents[i].id for i in keep], cfg.data.valid_fraction, cfg.data.max_valid_docs)
-    if cfg.data.max_train_docs is not None:
-        train_idx = train_idx[: cfg.data.max_train_docs]
+    split = split_documents(documents, tokenizer, cfg.data)
+    train_idx = split.train if cfg.data.max_train_docs is None else split.train[: cfg.data.max_train_docs]
     fingerprint = tokenizer.fingerprint()
 
     def subset(indices):
-        return InMemoryTokens([encoded[keep[i]] for i in indices], [documents[keep[i]].id for i in indices], fingerprint)
+        return InMemoryTokens([split.encoded[i] for i in indices], [documents[i].id for i in indices], fingerprint)
 
-    return RunData(tokenizer, subset(train_idx), subset(valid_idx), [str(p) for p in paths])
+    return RunData(tokenizer, subset(train_idx), subset(split.valid), [str(p) for p in paths])
+
+
+@dataclass
+class Split:
+    encoded: list  # token ids of every document (empty for those that encode to nothing)
+    valid: list[int]  # indices into the documents: held out for validation
+    train: list[int]  # the others that encode to something (before data.max_train_docs)
+
+
+def split_documents(documents: list[Document], tokenizer, data: DataSection) -> Split:
+    """The train/validation split a run makes of raw documents: documents that encode to no
+    tokens are dropped, the rest split by ``split_by_id``. The forgetting probe calls this too, so
+    it scores exactly the documents a pretraining run held out."""
+    encoded = tokenizer.encode_batch([d.text for d in documents])
+    keep = [i for i, ids in enumerate(encoded) if len(ids) > 0]
+    valid, train = split_by_id([documents[i].id for i in keep], data.valid_fraction, data.max_valid_docs)
+    return Split(encoded, [keep[i] for i in valid], [keep[i] for i in train])
 
 
 def split_by_id(ids: list[str], valid_fraction: float, max_valid: int) -> tuple[list[int], list[int]]:
