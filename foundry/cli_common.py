@@ -100,11 +100,13 @@ def _pretrain_command(modality_name: str) -> click.Command:
     @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this directory from its latest checkpoint.")
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     @click.option("--processes", type=click.IntRange(min=1), default=1, help="Data-parallel processes on this machine (launched through torchrun).")
-    def pretrain(data, out, preset, init_from, config_file, overrides, max_steps, save_every, seed, resume, quiet, processes):
+    @click.option("--on-decode-error", type=click.Choice(["error", "skip"]), help="A file that is not UTF-8 text: stop (default) or skip it and count (data.on_decode_error).")
+    def pretrain(data, out, preset, init_from, config_file, overrides, max_steps, save_every, seed, resume, quiet, processes, on_decode_error):
         """Pretrain a model with the modality's self-supervised objective."""
         from .distributed import process_state, relaunch_with_torchrun
         from .plugins import get_manager
         from .pretrain import pretrain as run_pretrain
+        from .runconfig import resolve
 
         if processes > 1:
             relaunch_with_torchrun(processes)
@@ -119,25 +121,12 @@ def _pretrain_command(modality_name: str) -> click.Command:
             "train.save_every": save_every,
             "train.seed": seed,
             "train.progress": False if quiet else None,
+            "data.on_decode_error": on_decode_error,
         }
-        flags = {k: v for k, v in flags.items() if v is not None}
-        if resume:
-            changed = [f for f in ("data.paths", "model.preset", "model.init_from", "out") if f in flags]
-            if changed:
-                raise FoundryError(f"--resume continues the run as configured; {', '.join(changed)} cannot change (use --set for training keys)")
-            config_path = Path(resume) / "config.yaml"
-            if not config_path.is_file():
-                raise FoundryError(f"{resume}: not a foundry run (no config.yaml)")
-            base = load_yaml(config_path)
-            if config_file:
-                raise FoundryError("--resume uses the run's own config.yaml; pass changes with --set")
-            cfg = build_config(base=base, overrides=overrides, dotted={k: v for k, v in flags.items()})
-        else:
-            base = {"modality": modality_name, "out": f"runs/{modality_name}"}
-            cfg = build_config(base=base, dotted={**modality.config_defaults}, yaml_file=config_file, overrides=overrides)
-            cfg = build_config(base=cfg.to_dict(), dotted=flags)
-        if cfg.modality != modality_name:
-            raise FoundryError(f"this is `foundry {modality_name} pretrain` but the config says modality: {cfg.modality}")
+        if resume and (out or data or init_from or preset):
+            raise FoundryError("--resume continues the run as configured; --data, --out, --model and --from cannot change")
+        cfg = resolve(modality_name, defaults=modality.config_defaults, config_file=config_file, overrides=overrides,
+                      flags=flags, resume=resume)
         summary = run_pretrain(cfg, resume=resume)
         if not process_state().is_main_process:
             return
