@@ -11,6 +11,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..errors import DataError
+
 
 @runtime_checkable
 class TokenDataset(Protocol):
@@ -60,3 +62,43 @@ class InMemoryTokens:
 
     def record_id(self, index: int) -> str:
         return self._record_ids[index]
+
+    def find_id_at_least(self, bound: int):
+        """(None, record id, id) of the first token id ``>= bound``, or None (one vectorised pass)."""
+        if not len(self._tokens) or int(self._tokens.max()) < bound:
+            return None
+        position = int(np.argmax(self._tokens >= bound))
+        doc = int(np.searchsorted(self._offsets, position, side="right")) - 1
+        return None, self._record_ids[doc], int(self._tokens[position])
+
+
+def check_fits_vocab(dataset, vocab_size: int, split: str = "training") -> None:
+    """Refuse token data with an id ``>= vocab_size`` (the model's embedding rows), naming the
+    shard file (or the split) and the record, before training instead of an IndexError mid-run.
+
+    A mixture (``.datasets``) checks each source. Shards whose index says every id is below
+    ``vocab_size`` are trusted without a scan (the writer checked each id, ``open_prepared`` the
+    bytes against the manifest's checksums); otherwise the ids are scanned once (~0.1 s per GB).
+    """
+    for part in getattr(dataset, "datasets", None) or [dataset]:
+        declared = getattr(part, "vocab_size", None)
+        if declared is not None and declared <= vocab_size:
+            continue
+        hit = part.find_id_at_least(vocab_size) if hasattr(part, "find_id_at_least") else _scan(part, vocab_size)
+        if hit is not None:
+            where, record, value = hit
+            place = f"{where}: record {record!r}" if where is not None else f"{split} data, record {record!r}"
+            raise DataError(
+                f"{place} holds token id {value}, but the model has only {vocab_size} token embeddings: the data "
+                "was tokenized with a larger vocabulary than the model's (a model for another tokenizer, or "
+                "model vocab_size set too small?)"
+            )
+
+
+def _scan(dataset, bound: int):
+    """(None, record id, id) of the first id ``>= bound`` in any TokenDataset, or None."""
+    for i in range(len(dataset)):
+        ids = np.asarray(dataset[i])
+        if len(ids) and int(ids.max()) >= bound:
+            return None, dataset.record_id(i), int(ids.max())
+    return None

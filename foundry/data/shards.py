@@ -22,11 +22,12 @@ truncated or mismatched shard is a ``DataError`` naming the file, never silent g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -92,6 +93,8 @@ class _OpenShard:
     ids: Any  # binary file
     offsets: array  # int64, starts with 0
     id_offsets: array
+    tokens_sha256: Any = None  # hashlib objects fed with the bytes as they are written (no re-read)
+    ids_sha256: Any = None
 
 
 class ShardWriter:
@@ -128,6 +131,9 @@ class ShardWriter:
         self.shard_docs = int(shard_docs)
         self.fsync = fsync
         self.shards: list[dict[str, int | str]] = []  # finished shards: name, docs, tokens, id_bytes
+        #: sha256 of every finished shard file, by path relative to the split ("shard-00000/tokens.bin");
+        #: ``prepare`` records them in the manifest, ``open_prepared`` checks them before training
+        self.checksums: dict[str, str] = {}
         self.docs = 0
         self.tokens = 0
         self._current: _OpenShard | None = None
@@ -198,7 +204,7 @@ class ShardWriter:
             "shards": self.shards,
         }
         write_json_atomic(self.directory / INDEX_NAME, index)
-        return SplitInfo(docs=self.docs, tokens=self.tokens, shards=len(self.shards))
+        return SplitInfo(docs=self.docs, tokens=self.tokens, shards=len(self.shards), checksums=dict(self.checksums))
 
     def abort(self) -> None:
         """Drop everything written by this writer (the folder itself included)."""
@@ -248,13 +254,17 @@ class ShardWriter:
                 ids=open(tmp / IDS, "wb", buffering=1 << 16),
                 offsets=array("q", [0]),
                 id_offsets=array("q", [0]),
+                tokens_sha256=hashlib.sha256(),
+                ids_sha256=hashlib.sha256(),
             )
             self._current = cur
         return cur
 
     def _write(self, shard: _OpenShard, flat: np.ndarray, lengths: np.ndarray, record_ids: Sequence[str]) -> None:
         if len(flat):
-            shard.tokens.write(flat.astype(self.dtype, copy=False).tobytes())
+            data = flat.astype(self.dtype, copy=False).tobytes()
+            shard.tokens.write(data)
+            shard.tokens_sha256.update(data)
         pos = shard.offsets[-1]
         shard.offsets.extend((np.cumsum(lengths) + pos).tolist())
         id_pos = shard.id_offsets[-1]
@@ -266,7 +276,9 @@ class ShardWriter:
             chunks.append(b)
             id_pos += len(b)
             shard.id_offsets.append(id_pos)
-        shard.ids.write(b"".join(chunks))
+        data = b"".join(chunks)
+        shard.ids.write(data)
+        shard.ids_sha256.update(data)
         self.docs += len(lengths)
         self.tokens += len(flat)
 
@@ -282,6 +294,11 @@ class ShardWriter:
             f.close()
         _save_npy(cur.tmp_dir / OFFSETS, np.frombuffer(cur.offsets, dtype=np.int64), self.fsync)
         _save_npy(cur.tmp_dir / ID_OFFSETS, np.frombuffer(cur.id_offsets, dtype=np.int64), self.fsync)
+        self.checksums.update({
+            f"{cur.name}/{TOKENS}": cur.tokens_sha256.hexdigest(), f"{cur.name}/{IDS}": cur.ids_sha256.hexdigest(),
+            f"{cur.name}/{OFFSETS}": file_sha256(cur.tmp_dir / OFFSETS),  # small: hashed from disk
+            f"{cur.name}/{ID_OFFSETS}": file_sha256(cur.tmp_dir / ID_OFFSETS),
+        })
         final = self.directory / cur.name
         os.replace(cur.tmp_dir, final)
         if self.fsync:
@@ -300,11 +317,21 @@ def _save_npy(path: Path, arr: np.ndarray, fsync: bool) -> None:
             os.fsync(f.fileno())
 
 
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    """sha256 of a file, streamed in 4 MiB blocks (hashlib releases the GIL: threads run in parallel)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class SplitInfo:
     docs: int
     tokens: int
     shards: int
+    checksums: dict[str, str] = field(default_factory=dict)  # sha256 by path relative to the split
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,6 +509,29 @@ class ShardedTokens:
         a, b = int(shard.offsets[local]), int(shard.offsets[local + 1])
         lo = min(a + max(start, 0), b)
         return np.array(shard.tokens[lo : min(lo + max(length, 0), b)], dtype=np.int32)
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The vocabulary the writer checked every id against (ids are below it), from index.json."""
+        value = self.index.get("vocab_size")
+        return int(value) if isinstance(value, int) else None
+
+    def files(self) -> list[tuple[str, Path]]:
+        """Every shard file as (path relative to the split, absolute path), in shard order."""
+        return [(f"{s.directory.name}/{name}", s.directory / name)
+                for s in self._shards for name in (TOKENS, OFFSETS, IDS, ID_OFFSETS)]
+
+    def find_id_at_least(self, bound: int) -> tuple[Path, str, int] | None:
+        """The first token id ``>= bound`` as (tokens.bin path, record id, the id), or None.
+
+        Reads every token once (numpy max over the memory map, about 0.1 s per GB)."""
+        for shard in self._shards:
+            if shard.n_tokens == 0 or int(shard.tokens.max()) < bound:
+                continue
+            position = int(np.argmax(np.asarray(shard.tokens) >= bound))
+            local = int(np.searchsorted(shard.offsets, position, side="right")) - 1
+            return shard.directory / TOKENS, shard.record_id(local), int(shard.tokens[position])
+        return None
 
     def iter_record_ids(self) -> Iterator[str]:
         """Every record id in order, streamed shard by shard (for cluster maps)."""
