@@ -165,3 +165,17 @@ def test_adapter_that_needs_pickled_code_is_refused(tmp_path, model_dir):
     save_file({**state, key: torch.full_like(state[key], float("inf"))}, str(adapter / "adapter_model.safetensors"))
     with pytest.raises(CheckpointError, match=rf"adapter_model.safetensors: tensor '{key}' holds NaN or infinite"):
         load_finetuned(ft)
+
+
+def test_an_imported_checkpoint_with_nan_is_refused_by_the_loader(tmp_path):
+    """fair-esm ``.pt`` through ``load_for_modality`` (what --from, finetune and export use)."""
+    from foundry.loading import load_for_modality
+    from foundry.plugins import get_manager
+    from test_convert_esm import fair_esm_model, save_fair_esm
+
+    ref = fair_esm_model(layers=1, dim=32, heads=2)
+    with torch.no_grad():
+        ref.embed_tokens.weight[4, 0] = float("nan")
+    pt = save_fair_esm(ref, tmp_path / "esm2_t1_tiny.pt")
+    with pytest.raises(CheckpointError, match=r"esm2_t1_tiny.pt: tensor 'embed.weight' holds NaN or infinite values \(1 of "):
+        load_for_modality(pt, get_manager().modality("protein"))
