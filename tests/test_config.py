@@ -216,3 +216,16 @@ def test_fp16_without_a_gpu_is_refused_not_ignored():
     assert str(err.value) == ("train.mixed_precision: 'fp16' needs a CUDA GPU and this machine has none "
                               "(CPU autocast has no float16); use 'bf16' or 'no' here")
     resolve_for_run(build_config(overrides=["train.mixed_precision=bf16"]), _modality())  # CPU autocast runs bf16
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_fp16_pretrain_on_cpu_exits_with_the_reason(tmp_path, capsys):
+    from foundry.cli import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["protein", "pretrain", "--out", str(out), "--set", "train.mixed_precision=fp16", "--set", "data.max_train_docs=20",
+              "--set", "data.max_valid_docs=2", "--max-steps", "1", "--quiet"])
+    assert exit_info.value.code == 2
+    assert "error: train.mixed_precision: 'fp16' needs a CUDA GPU" in capsys.readouterr().err
+    assert not (out / "config.yaml").exists()
