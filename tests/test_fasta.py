@@ -116,6 +116,8 @@ def test_binary_garbage_names_line_byte_and_offset(tmp_path):
     assert "--on-decode-error skip" in message, "the error says how to get past it"
     crlf = _write(tmp_path / "crlf.fasta", b">x\r\nMKV\r\n>y\r\nMK\xe9V\r\n")
     assert "crlf.fasta:4: not UTF-8 text (byte 0xe9 at byte offset 15)" in _error(crlf)
+    old_mac = _write(tmp_path / "cr.fasta", b">x\rMKV\r>y\rMK\xe9V\r")  # lone CR line ends
+    assert "cr.fasta:4: not UTF-8 text (byte 0xe9 at byte offset 12)" in _error(old_mac)
 
 
 def test_skip_policy_leaves_out_binary_files_and_counts_them(tmp_path, capsys):

@@ -85,10 +85,9 @@ def _open_text(path: Path) -> IO[str]:
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, expected a FASTA file") from None
     if magic == _GZIP_MAGIC:
-        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape", newline="\n")
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
     # Undecodable bytes become lone surrogates, which _Lines reports with their line number.
-    # newline="\n": lines end where the raw bytes' lines end, so _not_text finds the same line.
-    return open(path, "r", encoding="utf-8", errors="surrogateescape", newline="\n")
+    return open(path, "r", encoding="utf-8", errors="surrogateescape")
 
 
 def _not_text(path: Path, line_no: int) -> NotTextError:
@@ -96,16 +95,20 @@ def _not_text(path: Path, line_no: int) -> NotTextError:
     bytes are read again up to that line to name the byte and its offset in the file."""
     with open(path, "rb") as probe:
         gz = probe.read(2) == _GZIP_MAGIC
-    offset = 0
+    number, offset = 0, 0
     with (gzip.open if gz else open)(path, "rb") as raw:
-        for number, line in enumerate(raw, start=1):
-            if number == line_no:
-                try:
-                    decode_text(line, str(path), number, offset)
-                except NotTextError as exc:
-                    return exc
-                break
-            offset += len(line)
+        for piece in raw:
+            # The text stream splits lines at \n, \r\n and a lone \r (universal newlines), as
+            # bytes.splitlines does; a \r\n never straddles two pieces since each ends at \n.
+            for line in piece.splitlines(keepends=True):
+                number += 1
+                if number == line_no:
+                    try:
+                        decode_text(line, str(path), number, offset)
+                    except NotTextError as exc:
+                        return exc
+                    return NotTextError(f"{path}:{line_no}: not UTF-8 text")
+                offset += len(line)
     return NotTextError(f"{path}:{line_no}: not UTF-8 text")
 
 
