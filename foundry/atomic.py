@@ -77,7 +77,7 @@ class DiskFullError(FoundryError):
 
     def _compose(self) -> str:
         parts = []
-        if self.needed:
+        if self.needed and self.needed >= (self.written or 0):
             parts.append(f"needed about {_size(self.needed)}")
         elif self.written:
             parts.append(f"needed more than {_size(self.written)}")  # what was written when it filled up
@@ -114,7 +114,9 @@ def tree_size(path: str | Path) -> int:
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GB"
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{max(1, round(n / 2**10))} KB"
 
 
 @contextlib.contextmanager
