@@ -13,9 +13,9 @@ Randomness comes from the caller's generator: the same batch index gives the sam
 
 from __future__ import annotations
 
-import torch
+import sys
 
-from .errors import ConfigError
+import torch
 
 #: documents shorter than this (in tokens, sentinels excluded) are never transformed
 MIN_FIM_TOKENS = 8
@@ -69,10 +69,18 @@ def _psm(segment: torch.Tensor, keep: torch.Tensor, prefix_id: int, middle_id: i
     return arranged
 
 
-def fim_sentinels(tokenizer) -> dict[str, int]:
-    """``{prefix_id, middle_id, suffix_id}`` of a tokenizer that reserves FIM tokens (``fim_ids``)."""
+def fim_sentinels(tokenizer) -> dict[str, int] | None:
+    """``{prefix_id, middle_id, suffix_id}`` of a tokenizer that reserves FIM tokens (``fim_ids``).
+
+    None, with a notice on stderr, when the tokenizer has none: continued pretraining of an
+    imported GPT-2 or Llama (no sentinels in their vocabularies) under the code modality's default
+    ``fim_rate`` then trains plain next-token prediction instead of failing.
+    """
     ids = getattr(tokenizer, "fim_ids", None) or {}
     missing = [k for k in ("fim_prefix", "fim_middle", "fim_suffix") if k not in ids]
     if missing:
-        raise ConfigError(f"objective.fim_rate > 0 needs a tokenizer with fill-in-the-middle tokens; this one lacks {', '.join(missing)} (set objective.fim_rate=0 to train without FIM)")
+        print("foundry: note: objective.fim_rate is not applied: the tokenizer has no fill-in-the-middle "
+              f"tokens ({', '.join(missing)} missing), so training continues without FIM "
+              "(set objective.fim_rate=0 to silence this)", file=sys.stderr)
+        return None
     return {"prefix_id": ids["fim_prefix"], "middle_id": ids["fim_middle"], "suffix_id": ids["fim_suffix"]}

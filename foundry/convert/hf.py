@@ -129,17 +129,33 @@ def load_hf(directory, allow_missing_head: bool = False) -> tuple[ModelConfig, d
     return imported.config, imported.state
 
 
+def tokenizer_not_exported(tokenizer) -> str | None:
+    """Why ``export_hf`` writes no tokenizer for ``tokenizer`` (None when it writes one)."""
+    if tokenizer is None:
+        return "the model directory holds no tokenizer"
+    if not callable(getattr(tokenizer, "save_hf", None)):
+        return (f"the {getattr(tokenizer, 'kind', type(tokenizer).__name__)!r} tokenizer has no transformers form "
+                "(its class defines no save_hf)")
+    return None
+
+
 def export_hf(model: Transformer, tokenizer, out_dir, modality: str | None = None) -> Path:
     """Write ``out_dir`` (config.json + model.safetensors [+ tokenizer files]) for transformers' Auto classes.
 
     The family follows the model's layout: ESM head -> EsmForMaskedLM; RMSNorm/SwiGLU/rope ->
     LlamaForCausalLM (MistralForCausalLM with a sliding window); learned positions -> GPT2LMHeadModel.
+    A causal model also gets its tokenizer's bos/eos/pad ids in config.json and a
+    generation_config.json, so ``generate`` stops at eos. A tokenizer without ``save_hf`` is not
+    written (``tokenizer_not_exported`` says why; foundry_export.json records it).
     """
     from safetensors.torch import save_file
 
     cfg = model.config
     fam = hf_esm if cfg.lm_head == "esm" else hf_gpt2 if cfg.pos == "learned" else hf_llama
     hf_config = fam.hf_config(cfg)
+    generation = _generation_config(cfg, tokenizer)
+    if generation is not None:
+        hf_config.bos_token_id, hf_config.eos_token_id = generation.bos_token_id, generation.eos_token_id
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("contact_head.")}
     theirs = invert(state, fam.WEIGHT_MAP)
     if fam is hf_gpt2:
@@ -153,10 +169,26 @@ def export_hf(model: Transformer, tokenizer, out_dir, modality: str | None = Non
     extras = {"foundry_model": cfg.name}
     if modality:
         extras["foundry_modality"] = modality
+    missing = tokenizer_not_exported(tokenizer)
+    if missing:
+        extras["tokenizer_not_exported"] = missing
     with atomic_directory(out_dir) as tmp:
         hf_config.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in theirs.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if generation is not None:
+            generation.save_pretrained(tmp)
         (tmp / "foundry_export.json").write_text(json.dumps(extras, indent=2) + "\n")
-        if tokenizer is not None and hasattr(tokenizer, "save_hf"):
+        if not missing:
             tokenizer.save_hf(tmp)
     return Path(out_dir)
+
+
+def _generation_config(cfg: ModelConfig, tokenizer):
+    """bos/eos/pad for ``generate`` from the tokenizer of a causal model (None otherwise)."""
+    if not cfg.causal or tokenizer is None:
+        return None
+    from transformers import GenerationConfig
+
+    # pad: what the exported tokenizer pads batched prompts with (GPT-2's falls back to eos)
+    return GenerationConfig(bos_token_id=getattr(tokenizer, "bos_id", None), eos_token_id=getattr(tokenizer, "eos_id", None),
+                            pad_token_id=getattr(tokenizer, "pad_id", None))

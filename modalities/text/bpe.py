@@ -14,14 +14,17 @@ Two decisions worth knowing:
   or through code that works on ids (FIM, packing).
 - ``encode(text, add_special_tokens=True)`` gives ``[bos] + ids + [eos]``. For a tokenizer imported
   with ``from_hf`` the bos follows the original tokenizer (Llama adds it, GPT-2 does not) and the
-  eos is always appended, so every document ends with a stop token for causal LM training. The
-  ``tokenizer.json`` post-processor is rewritten to match, so transformers agrees on the ids.
+  eos is always appended, so every document ends with a stop token for causal LM training.
+- A *prompt* is different: ``encode_prompt`` gives ``[bos] + ids`` with no eos (generation must
+  continue it), and special-token strings the user writes (``<|fim_prefix|>`` ...) become their
+  ids. ``save_hf`` writes exactly that tokenizer for transformers, so an exported model's
+  ``AutoTokenizer`` encodes like the original HF tokenizer (or like ``encode_prompt``).
 
 Quick use::
 
     tok = BpeTokenizer.train(texts, vocab_size=4096)
     tok.save("out/tokenizer"); BpeTokenizer.load("out/tokenizer")
-    tok.save_hf("out/hf")   # transformers.AutoTokenizer.from_pretrained("out/hf") gives the same ids
+    tok.save_hf("out/hf")   # AutoTokenizer.from_pretrained("out/hf")(p) == tok.encode_prompt(p)
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class BpeTokenizer:
         self._suffix = [self._role_ids["eos"]] if self.add_eos else []
         # The post-processor mirrors add_bos/add_eos, so transformers (which follows
         # tokenizer.json) adds exactly what ``encode`` adds.
-        tokenizer.post_processor = self._template()
+        tokenizer.post_processor = self._template(self.add_eos)
         added = tokenizer.get_added_tokens_decoder()
         special = {i for i, t in added.items() if t.special}
         special |= {i for i in self._role_ids.values() if i is not None}
@@ -143,6 +146,17 @@ class BpeTokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> np.ndarray:
         ids = self._tk.encode(text, add_special_tokens=False).ids
         return self._wrap(ids, add_special_tokens)
+
+    def encode_prompt(self, text: str) -> np.ndarray:
+        """A prompt to generate from: bos (when ``encode`` adds one) and the text, no eos; special
+        tokens written in the text (``<|fim_prefix|>``, ``<|eos|>``) become their ids. The exported
+        transformers tokenizer (``save_hf``) gives the same ids."""
+        self._tk.encode_special_tokens = False
+        try:
+            ids = self._tk.encode(text, add_special_tokens=False).ids
+        finally:
+            self._tk.encode_special_tokens = True
+        return np.asarray(self._prefix + ids, dtype=np.int64)
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[np.ndarray]:
         # encode_batch_fast: rayon-parallel and skips offset bookkeeping we never use.
@@ -292,14 +306,17 @@ class BpeTokenizer:
     # -- Hugging Face interchange ----------------------------------------------------------------
 
     def save_hf(self, directory: str | Path) -> None:
-        """Write a directory that ``transformers.AutoTokenizer.from_pretrained`` loads with the
-        same ids as ``encode`` (``tokenizer.json``, ``tokenizer_config.json``,
-        ``special_tokens_map.json``), plus foundry's own file so ``load`` restores it exactly."""
+        """Write a directory that ``transformers.AutoTokenizer.from_pretrained`` loads as a
+        tokenizer for generation: it encodes text as ``encode_prompt`` does (bos as the original,
+        no eos, special-token strings recognised) and decodes as ``decode``. ``tokenizer.json``,
+        ``tokenizer_config.json``, ``special_tokens_map.json``, plus foundry's own file so ``load``
+        restores the training tokenizer (eos appended) exactly."""
         directory = Path(directory)
         self.save(directory)
-        hf_files.write_hf_configs(
-            directory, self._roles, self.extra_special_tokens, add_bos=self.add_bos, add_eos=self.add_eos
-        )
+        prompt = Tokenizer.from_str(self._tk.to_str())
+        prompt.post_processor = self._template(add_eos=False)  # load() rebuilds the training one
+        hf_files.write_atomic(directory / "tokenizer.json", prompt.to_str(pretty=True))
+        hf_files.write_hf_configs(directory, self._roles, self.extra_special_tokens, add_bos=self.add_bos)
 
     @classmethod
     def from_hf(cls, directory: str | Path) -> "BpeTokenizer":
@@ -327,12 +344,13 @@ class BpeTokenizer:
             ids = self._prefix + ids + self._suffix
         return np.asarray(ids, dtype=np.int64)
 
-    def _template(self) -> processors.TemplateProcessing:
+    def _template(self, add_eos: bool) -> processors.TemplateProcessing:
         bos, eos = self._roles["bos"], self._roles["eos"]
+        add_eos = add_eos and self.add_eos
         head = f"{bos} " if self.add_bos else ""
-        tail = f" {eos}" if self.add_eos else ""
-        tail_b = f" {eos}:1" if self.add_eos else ""
-        used = ([(bos, self.bos_id)] if self.add_bos else []) + ([(eos, self.eos_id)] if self.add_eos else [])
+        tail = f" {eos}" if add_eos else ""
+        tail_b = f" {eos}:1" if add_eos else ""
+        used = ([(bos, self.bos_id)] if self.add_bos else []) + ([(eos, self.eos_id)] if add_eos else [])
         return processors.TemplateProcessing(
             single=f"{head}$A{tail}", pair=f"{head}$A{tail} $B:1{tail_b}", special_tokens=list(dict(used).items())
         )

@@ -157,13 +157,13 @@ def _extra_tokens(config: dict) -> list[str]:
 # -- writing ---------------------------------------------------------------------------------
 
 
-def write_hf_configs(
-    directory: Path, roles: dict[str, str | None], extras: Sequence[str], *, add_bos: bool, add_eos: bool
-) -> None:
+def write_hf_configs(directory: Path, roles: dict[str, str | None], extras: Sequence[str], *, add_bos: bool) -> None:
     """``tokenizer_config.json`` and ``special_tokens_map.json`` for ``PreTrainedTokenizerFast``.
 
-    ``split_special_tokens`` makes transformers treat special-token strings in text as text, as
-    foundry does; ``add_bos_token``/``add_eos_token`` match ``encode``.
+    The directory is for generating with transformers, so it behaves like any HF causal tokenizer:
+    bos in front when foundry's ``encode`` puts one (Llama yes, GPT-2 no), never an eos at the end
+    (a prompt must not end the document), and special-token strings written in a prompt
+    (``<|fim_prefix|>`` ...) become their ids (``split_special_tokens`` false, transformers' default).
     """
     named = {f"{role}_token": token for role, token in roles.items() if token is not None}
     special_map = dict(named)
@@ -173,8 +173,8 @@ def write_hf_configs(
         "tokenizer_class": "PreTrainedTokenizerFast",
         **special_map,
         "add_bos_token": add_bos,
-        "add_eos_token": add_eos,
-        "split_special_tokens": True,
+        "add_eos_token": False,
+        "split_special_tokens": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": VERY_LARGE_INTEGER,
     }
