@@ -37,7 +37,6 @@ def export(model_dir: Path, target: str, out: Path) -> None:
     loaded = load_model(model_dir)
     if target == "hf":
         from .convert import export_hf
-
         from .convert.hf import tokenizer_not_exported
 
         if out.exists() and any(out.iterdir()):
