@@ -59,3 +59,17 @@ def test_code_pretraining_uses_fim_by_default(tmp_path):
     foundry("code", "pretrain", "--data", str(src), "--out", str(out), "--max-steps", "2", "--set", "tokenizer.vocab_size=300",
             "--set", "data.max_len=64", "--set", "data.batch_tokens=256", "--set", "data.valid_fraction=0.2", "--quiet")
     assert "fim_rate: 0.5" in (out / "config.yaml").read_text()
+
+
+def test_a_tokenizer_without_sentinels_turns_fim_off_with_a_notice(capsys):
+    from foundry.fim import fim_sentinels
+    from modalities.code.tokenizer import train_code_tokenizer
+    from modalities.text.bpe import BpeTokenizer
+
+    code = ["def f(x):\n    return x + 1\n"] * 20
+    assert fim_sentinels(BpeTokenizer.train(code, vocab_size=300)) is None
+    err = capsys.readouterr().err
+    assert "objective.fim_rate is not applied: the tokenizer has no fill-in-the-middle tokens" in err
+    assert "fim_prefix, fim_middle, fim_suffix missing" in err
+    assert fim_sentinels(train_code_tokenizer(code, vocab_size=300)) == {"prefix_id": 4, "middle_id": 5, "suffix_id": 6}
+    assert capsys.readouterr().err == ""

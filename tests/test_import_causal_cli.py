@@ -64,3 +64,19 @@ def test_gpt2_import_for_text(tmp_path):
     assert load_model(tmp_path / "model").config.pos == "learned"
     wrong = foundry("protein", "import", str(tmp_path / "gpt2"), "-o", str(tmp_path / "p"), check=False)
     assert wrong.returncode != 0 and "does not fit the protein modality" in wrong.stderr
+
+
+def test_gpt2_continues_code_pretraining_with_the_default_fim_rate(tmp_path):
+    """GPT-2's vocabulary has no FIM sentinels: code's default fim_rate 0.5 is not applied, with a notice."""
+    tokenizer = BpeTokenizer.train(CODE, vocab_size=280)
+    GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_hf(tmp_path / "gpt2")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, text in enumerate(CODE[:3] * 4):
+        (src / f"m{i}.py").write_text(text)
+    result = foundry("code", "pretrain", "--from", str(tmp_path / "gpt2"), "--data", str(src), "--out", str(tmp_path / "run"),
+                     "--max-steps", "1", "--set", "data.max_len=64", "--set", "data.batch_tokens=256",
+                     "--set", "data.valid_fraction=0.2", "--quiet")
+    assert "objective.fim_rate is not applied: the tokenizer has no fill-in-the-middle tokens" in result.stderr
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

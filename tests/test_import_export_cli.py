@@ -121,3 +121,28 @@ def test_hub_id_without_local_files_says_where_to_put_them(tmp_path, monkeypatch
     result = foundry("protein", "import", "facebook/esm2_t6_8M_UR50D", "-o", str(tmp_path / "out"), check=False)
     assert result.returncode != 0
     assert "facebook/esm2_t6_8M_UR50D" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_export_to_esm_refuses_to_overwrite_like_hf(fair_esm_checkpoint, tmp_path, capsys):
+    from foundry.cli import main
+
+    def refused(target, out) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(tmp_path / "model"), "--to", target, "-o", str(out)])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    _, checkpoint = fair_esm_checkpoint
+    main(["protein", "import", str(checkpoint), "-o", str(tmp_path / "model")])
+    target, regression = tmp_path / "esm2_t2_out.pt", tmp_path / "esm2_t2_out-contact-regression.pt"
+    main(["export", str(tmp_path / "model"), "--to", "esm", "-o", str(target)])
+    before = target.read_bytes()
+    capsys.readouterr()
+    assert f"error: {target}: already exists; choose another -o or remove it first" in refused("esm", target)
+    assert target.read_bytes() == before
+    target.unlink()  # the contact-regression file beside it counts too
+    assert f"error: {regression}: already exists" in refused("esm", target)
+    assert not target.exists() and regression.is_file()
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "keep.txt").write_text("mine")
+    assert f"error: {tmp_path / 'hf'}: already exists and is not empty" in refused("hf", tmp_path / "hf")
