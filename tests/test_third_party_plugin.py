@@ -52,3 +52,18 @@ def test_installed_plugin_pretrains_and_rejects_bad_input(site, tmp_path):
     assert "bad.fna: record 'x': character 'Q' at position 5 is not a nucleotide" in result.stderr
     result = _foundry(site, "dna", "pretrain", "--out", str(tmp_path / "nodata"))
     assert "no --data given and the dna modality bundles no default corpus" in result.stderr
+
+
+def test_export_says_the_plugin_tokenizer_has_no_transformers_form(site, tmp_path):
+    fasta = tmp_path / "genome.fna"
+    fasta.write_text("".join(f">frag{i}\n{'ACGTTGCAACGGTACCATGG'[i % 5:] * 3}\n" for i in range(20)))
+    run = tmp_path / "run"
+    result = _foundry(site, "dna", "pretrain", "--data", str(fasta), "--out", str(run), "--max-steps", "1", "--quiet",
+                      "--set", "data.max_len=64", "--set", "data.batch_tokens=256", "--set", "data.valid_fraction=0.1")
+    assert result.returncode == 0, result.stderr
+    result = _foundry(site, "export", str(run / "final"), "--to", "hf", "-o", str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    assert (f"note: {tmp_path / 'hf'} holds no tokenizer, AutoTokenizer will not load it: the 'dna' tokenizer has no "
+            "transformers form (its class defines no save_hf); tokenize with foundry's tokenizer in "
+            f"{run / 'final' / 'tokenizer'}") in result.stderr
+    assert (tmp_path / "hf" / "model.safetensors").is_file() and not (tmp_path / "hf" / "tokenizer_config.json").exists()
