@@ -96,6 +96,44 @@ class TrainSection:
 
 
 @dataclass
+class FinetuneSection:
+    """``foundry <modality> finetune``: the task, its data, the strategy. Training numbers (lr,
+    steps, evaluation cadence, patience, …) are the ``train`` section's, as for pretraining; the
+    model to start from is ``model.init_from`` (``--from``) or ``model.preset`` (``--model``)."""
+
+    task: str = ""  # a registered task: sequence-regression, residue-classification, variant-effect, …
+    train: str = ""  # the training split: a table, or a modality file + train_labels
+    valid: str = ""  # the validation split (best model, early stopping)
+    test: str | None = None  # scored once with the best model
+    train_labels: str | None = None
+    valid_labels: str | None = None
+    test_labels: str | None = None
+    sequence_column: str = "sequence"
+    label_column: str = "label"
+    id_column: str = "id"
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's own options, e.g. {wildtype: WT.fasta}
+    max_len: int = 1024  # tokens per sequence
+    batch_size: int = 16  # sequences per micro-batch
+    epochs: int = 10  # passes over the training split, unless train.max_steps is given
+    warmup_fraction: float = 0.06  # share of the steps spent warming up, unless train.warmup_steps is given
+    strategy: Literal["full", "frozen", "lora"] = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    merge: bool = False  # LoRA: fold the adapters into the trunk when saving OUT/best
+    layer_decay: float = 1.0  # layer-wise LR decay factor (1 = none)
+    l2sp: float = 0.0  # L2-SP weight: pull the trunk toward its pretrained weights
+    replay: float = 0.0  # share of each batch that is pretraining data (the pretraining objective)
+    pooling: Literal["mean", "cls", "last"] | None = None  # sequence tasks; default last token for causal trunks, else mean
+    dropout: float = 0.1  # head dropout
+    metric: str | None = None  # early-stopping metric on valid; default the task's
+    tokenizer: str | None = None  # a tokenizer dir, for trunks that do not carry one
+    forgetting: bool = True  # report the pretraining loss on held-out pretraining data before/after
+    forgetting_data: list[str] = field(default_factory=list)  # default: the pretraining run's validation split
+    forgetting_docs: int = 128
+    forgetting_max_len: int = 256
+
+
+@dataclass
 class RunConfig:
     modality: str = ""
     out: str = ""
@@ -104,6 +142,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     train: TrainSection = field(default_factory=TrainSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,6 +222,18 @@ RANGES: dict[str, Range] = {
     "train.eval_batches": Range(1),
     "train.save_every": Range(1, why="steps between checkpoints"),
     "train.keep_checkpoints": Range(1, why="checkpoints kept on disk"),
+    "finetune.max_len": Range(3, why="tokens per sequence, special tokens included"),
+    "finetune.batch_size": Range(1),
+    "finetune.epochs": Range(1),
+    "finetune.warmup_fraction": Range(0, 1, high_open=True),
+    "finetune.lora_rank": Range(1),
+    "finetune.lora_alpha": Range(0, low_open=True),
+    "finetune.layer_decay": Range(0, 1, low_open=True, why="1 = no decay"),
+    "finetune.l2sp": Range(0),
+    "finetune.replay": Range(0, 1, high_open=True, why="share of each batch that is pretraining data"),
+    "finetune.dropout": Range(0, 1, high_open=True),
+    "finetune.forgetting_docs": Range(1),
+    "finetune.forgetting_max_len": Range(2),
     "train.patience": Range(1, why="evaluations without improvement before stopping; null = never"),
 }
 

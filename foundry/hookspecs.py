@@ -57,6 +57,29 @@ def register_presets(register):
 
 
 @hookspec
+def register_objectives(register):
+    """Called once when the plugin manager starts.
+
+    ``register(cls)`` adds a self-supervised objective, a subclass of
+    ``foundry.objectives.Objective`` named by ``cls.name``; ``register(name, "module:Class")``
+    does the same without importing it until a run uses it (keeps ``foundry plugins`` fast).
+    A run uses it when its modality names it (``Modality.objective``) or through
+    ``--set objective.name=NAME``. The engine's ``mlm``, ``clm`` and ``fim`` cannot be replaced.
+    """
+
+
+@hookspec
+def register_tasks(register):
+    """Called once when the plugin manager starts.
+
+    ``register(cls)`` (or ``register(name, "module:Class")``) adds a fine-tuning task, a subclass
+    of ``foundry.finetune.tasks.Task``: label parsing, how a split is read, head, loss, metrics,
+    prediction columns and its own options. A modality offers it by listing its name in the
+    ``finetune_command(modality, tasks)`` it adds to its command group.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Called when the CLI is built, with the root ``click.Group``.
 

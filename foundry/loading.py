@@ -45,7 +45,9 @@ def load_for_modality(spec: str | Path, modality: Modality, allow_missing_head: 
 
 
 def check_objective(config, modality: Modality, path) -> None:
-    causal_expected = modality.objective == "clm"
+    from .objectives import objective_class
+
+    causal_expected = objective_class(modality.objective).causal
     if bool(config.causal) != causal_expected:
         kind = "a causal (GPT/Llama-style)" if config.causal else "a masked (BERT/ESM-style)"
         raise CheckpointError(f"{path}: {kind} model does not fit the {modality.name} modality ({modality.objective} objective)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable
 
 from .readers import Document
 from .tokenizer import Tokenizer
@@ -18,8 +18,9 @@ from .tokenizer import Tokenizer
 class Modality:
     name: str
     description: str
-    #: "mlm" (masked, BERT/ESM) or "clm" (causal, GPT/Llama)
-    objective: Literal["mlm", "clm"]
+    #: the registered objective pretraining uses: "mlm" (masked, BERT/ESM), "clm" (causal,
+    #: GPT/Llama), "fim" (causal with fill-in-the-middle) or one a plugin registers
+    objective: str
     #: model presets this modality offers (names in ``foundry.model.presets``); first is default
     presets: tuple[str, ...]
     #: reader names (``foundry.readers``) that turn this modality's files into documents
@@ -34,6 +35,9 @@ class Modality:
     #: ``import_tokenizer(path, source_format)``: the tokenizer that goes with an outside model
     #: (a fair-esm checkpoint, an HF directory) being imported; None = this modality imports none
     import_tokenizer: Callable[[Path, str], Tokenizer] | None = None
+    #: True when ``build_tokenizer`` learns its vocabulary from the documents (BPE): a model from
+    #: scratch outside pretraining (``finetune --model``) then needs an existing tokenizer
+    learned_vocabulary: bool = False
 
     @property
     def default_preset(self) -> str:

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .registry import Registry
 
 IGNORE_INDEX = -100
 
@@ -194,33 +193,13 @@ class FillInTheMiddle(CausalLM):
         return super().corrupt(tokens, document_ids, generator, train)
 
 
-OBJECTIVES: Registry[type[Objective]] = Registry("objective")
-
-
-def register_objective(cls: type[Objective], owner: str = "foundry") -> type[Objective]:
-    OBJECTIVES.register(cls.name, cls, owner)
-    return cls
-
-
-def unregister_objective(name: str) -> None:
-    OBJECTIVES.unregister(name)
-
-
 def objective_class(name: str) -> type[Objective]:
-    """The objective registered as ``name`` (built-ins, then plugins'; unknown names list the known)."""
-    _load_plugin_objectives()
-    return OBJECTIVES.get(name)
+    """The objective registered as ``name``: the engine's (mlm, clm, fim), then plugins'
+    (``register_objectives`` hook); unknown names list the known ones."""
+    from .plugins import get_manager
+
+    return get_manager().objective_class(name)
 
 
 def build_objective(name: str, tokenizer, settings: Any) -> Objective:
     return objective_class(name)(tokenizer, settings)
-
-
-def _load_plugin_objectives() -> None:
-    from .plugins import get_manager
-
-    get_manager()  # plugins register through the register_objectives hook when the manager starts
-
-
-for _cls in (MaskedLM, CausalLM, FillInTheMiddle):
-    register_objective(_cls)

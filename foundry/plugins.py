@@ -34,6 +34,7 @@ from . import hookspecs
 from .errors import FoundryError
 from .modality import Modality
 from .readers import Reader
+from .components import BUILTIN_OBJECTIVES, BUILTIN_TASKS, component_name
 from .presets import BUILTIN_PRESETS, check_preset
 from .registry import Registry, duplicate_message
 
@@ -50,6 +51,8 @@ CONTRIBUTIONS: dict[str, tuple[str, str, Callable[[Any], str]]] = {
     "register_tokenizers": ("tokenizers", "tokenizers", lambda cls: cls.kind),
     "register_readers": ("readers", "readers", lambda reader: reader.name),
     "register_modalities": ("modalities", "modalities", lambda modality: modality.name),
+    "register_objectives": ("objectives", "objectives", component_name),
+    "register_tasks": ("tasks", "tasks", component_name),
 }
 
 
@@ -84,6 +87,12 @@ class PluginManager:
         self.presets: Registry[dict] = Registry("model preset")
         for name, spec in BUILTIN_PRESETS.items():
             self.presets.register(name, spec, owner=ENGINE_OWNER)
+        #: classes or "module:Class" strings (``foundry.components.resolve``)
+        self.objectives: Registry[Any] = Registry("objective")
+        self.tasks: Registry[Any] = Registry("fine-tuning task")
+        for registry, builtins in ((self.objectives, BUILTIN_OBJECTIVES), (self.tasks, BUILTIN_TASKS)):
+            for name, path in builtins.items():
+                registry.register(name, path, owner=ENGINE_OWNER)
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
         #: entry-point names found installed, and FOUNDRY_PLUGINS entries that matched none of them
@@ -232,6 +241,16 @@ class PluginManager:
 
     def tokenizer_class(self, kind: str) -> type:
         return self.tokenizers.get(kind)
+
+    def objective_class(self, name: str) -> type:
+        from .components import resolve
+
+        return resolve(self.objectives.get(name))
+
+    def task_class(self, name: str) -> type:
+        from .components import resolve
+
+        return resolve(self.tasks.get(name))
 
     def reader_objects(self, names) -> list[Reader]:
         return [self.readers.get(n) for n in names]

@@ -18,7 +18,7 @@ import torch
 
 from .atomic import atomic_write_text
 from .checkpoint import latest_checkpoint
-from .config import RunConfig
+from .config import RunConfig, resolve_for_run
 from .corpus import RunData, load_run_data
 from .data.packing import Batch, PackedStream, evaluation_batches, next_batch_for_rank
 from .distributed import process_state
@@ -143,6 +143,10 @@ def build_workload(cfg: RunConfig, modality: Modality, checkpoint: Path | None) 
     if bool(model.config.causal) != objective.causal:
         kind = "causal" if model.config.causal else "masked"
         raise FoundryError(f"objective {objective.name} needs a {'causal' if objective.causal else 'masked'} model; this one is {kind}")
+    from .data.dataset import check_fits_vocab
+
+    check_fits_vocab(data.train, model.config.vocab_size, "training")
+    check_fits_vocab(data.valid, model.config.vocab_size, "validation")
     if cfg.data.max_len > model.config.max_position:
         raise FoundryError(f"data.max_len {cfg.data.max_len}: the model has {model.config.max_position} positions; "
                            f"set data.max_len <= {model.config.max_position}")
@@ -156,6 +160,7 @@ def build_workload(cfg: RunConfig, modality: Modality, checkpoint: Path | None) 
 
 def pretrain(cfg: RunConfig, resume: Path | None = None) -> dict[str, Any]:
     modality = get_manager().modality(cfg.modality)
+    cfg = resolve_for_run(cfg, modality)
     run_dir = Path(resume or cfg.out)
     # A run killed before its first checkpoint has nothing to resume: it starts over from step 0.
     checkpoint = latest_checkpoint(run_dir) if resume and has_checkpoint(run_dir) else None

@@ -21,8 +21,6 @@ def run(*args):
         assert exc.code == 0, f"foundry {' '.join(map(str, args))} exited {exc.code}"
 
 
-@pytest.mark.xfail(strict=True, reason="needs `cfg = resolve_for_run(cfg, modality)` at the top of foundry.pretrain.pretrain "
-                                       "(lead's file); remove this mark once it is there")
 def test_saved_config_records_what_the_run_used_and_reproduces_it(tmp_path, capsys):
     from foundry.plugins import get_manager
 

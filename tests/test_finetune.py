@@ -14,10 +14,12 @@ from safetensors.torch import load_file
 
 from foundry.finetune.data import encode_records, read_records
 from foundry.finetune.heads import FinetuneModel, head_for
-from foundry.finetune.loop import LoopSettings, predict_logits
-from foundry.finetune.run import DataOptions, ForgettingOptions, ModelOptions, finetune
+from foundry.config import build_config
+from foundry.finetune.run import finetune
 from foundry.finetune.store import load_finetuned
-from foundry.finetune.strategies import apply_strategy, param_groups
+from foundry.finetune.strategies import apply_strategy, layer_decay_scale
+from foundry.finetune.workload import predict_logits
+from foundry.train import param_groups
 from foundry.model.store import load_model
 
 DATA = Path(__file__).parent / "data" / "finetune"
@@ -60,12 +62,18 @@ def ss3_small(tmp_path_factory) -> dict:
     return paths
 
 
-def run(out, source, data, strategy="full", steps=8, task="residue-classification", lr=None, merge=False, pair_head="pairwise", **loop):
-    loop.setdefault("eval_every", steps)
-    settings = LoopSettings(lr=lr or (1e-3 if strategy == "full" else 5e-3), max_steps=steps, batch_size=8, progress=False, **loop)
-    forgetting = ForgettingOptions(docs=24, max_len=128)
-    return finetune("protein", task, DataOptions(train=data["train"], valid=data["valid"], test=data.get("test")),
-                    ModelOptions(source=str(source), strategy=strategy, merge=merge, pair_head=pair_head), settings, out, forgetting)
+def run(out, source, data, strategy="full", steps=8, task="residue-classification", lr=None, merge=False, pair_head="pairwise",
+        eval_every=None, patience=None, l2sp=0.0, replay=0.0):
+    """finetune() with a run config, as `foundry protein finetune` builds it."""
+    options = {"contact_head": pair_head} if task == "contact" else {}
+    train = {"train.max_steps": steps, "train.lr": lr or (1e-3 if strategy == "full" else 5e-3), "train.eval_every": eval_every or steps,
+             "train.patience": patience, "train.progress": False, "train.keep_best": True, "train.min_lr_ratio": 0.0}
+    cfg = build_config(base={"modality": "protein", "out": str(out)}, dotted={
+        "model.init_from": str(source), "finetune.task": task, "finetune.train": str(data["train"]), "finetune.valid": str(data["valid"]),
+        "finetune.test": str(data["test"]) if data.get("test") else None, "finetune.strategy": strategy, "finetune.merge": merge,
+        "finetune.batch_size": 8, "finetune.forgetting_docs": 24, "finetune.forgetting_max_len": 128, "finetune.task_options": options,
+        "finetune.l2sp": l2sp, "finetune.replay": replay, **train})
+    return finetune(cfg, explicit=set(train))
 
 
 def predictions(model_dir: Path, csv: Path) -> np.ndarray:
@@ -133,13 +141,13 @@ def test_full_finetune_save_reload_gives_identical_predictions(tmp_path, pretrai
 def test_layer_decay_scales_learning_rate_by_depth(pretrained):
     trunk = load_model(pretrained).model
     model = FinetuneModel(trunk, head_for("sequence", 64, 1), (0, 1, 2), 1, 2)
-    groups = param_groups(model, n_layer=2, weight_decay=0.01, layer_decay=0.5)
-    scale = {g["depth"]: g["lr_scale"] for g in groups}
-    assert scale == {0: 0.125, 1: 0.25, 2: 0.5, 3: 1.0}
-    embed = [g for g in groups if any(p is trunk.embed.weight for p in g["params"])][0]
-    assert embed["depth"] == 0 and embed["weight_decay"] == 0.0
-    head = [g for g in groups if any(p is model.head.net[-1].weight for p in g["params"])][0]
-    assert head["lr_scale"] == 1.0
+    groups = param_groups(model.named_parameters(), 0.01, lr_scale=layer_decay_scale(2, 0.5))
+    group_of = lambda param: next(g for g in groups if any(p is param for p in g["params"]))  # noqa: E731
+    assert group_of(trunk.embed.weight)["lr_scale"] == 0.125 and group_of(trunk.embed.weight)["weight_decay"] == 0.0
+    assert group_of(trunk.blocks[0].mlp.up.weight)["lr_scale"] == 0.25
+    assert group_of(trunk.blocks[1].mlp.up.weight)["lr_scale"] == 0.5
+    head = group_of(model.head.net[-1].weight)
+    assert head["lr_scale"] == 1.0 and head["weight_decay"] == 0.01
 
 
 def test_guards_shrink_the_forgetting_increase(tmp_path, pretrained, ss3_small):

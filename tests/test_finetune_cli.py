@@ -99,7 +99,7 @@ def test_bad_input_prints_one_error_naming_file_and_row_and_leaves_no_run(tmp_pa
                      "--wildtype-start", "126", "--train", bad, "--valid", bad, "--out", out, *QUICK, check=False)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: {bad}: line 3: mutation 'A127G' does not match the wild type: position 127 is 'N', not 'A'")
+        f"error: {bad}: line 3: mutation A127G: position 127 expects wild-type A but the sequence has N there (--wildtype-start 126; is it right?)")
     assert not out.exists()
     missing = foundry("protein", "finetune", "--from", protein_model, "--task", "sequence-regression", "--train", bad,
                       "--valid", bad, "--out", out, "--sequence-column", "mutation", "--label-column", "score", *QUICK, check=False)

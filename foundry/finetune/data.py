@@ -7,8 +7,8 @@ Inputs, per split (``--train``, ``--valid``, ``--test``):
 - any file the modality reads (FASTA for proteins) plus a labels file: a table with ``id`` and
   label columns, a FASTA-style file of labels keyed by record id (FLIP's layout), or one label per
   line in record order;
-- for ``variant-effect``: a table of mutation strings (``A24G``, ``A24G:T50S``) of the wild type,
-  read by the protein plugin's parser (``modalities/protein/mutations.py``).
+- anything else a task reads itself (``Task.read_split``: the protein plugin's variant-effect
+  task reads tables of mutations of a wild type with ``read_table`` and ``table_column``).
 
 Every problem is one ``DataError`` naming the file and the line (tables) or record (FASTA).
 """
@@ -29,7 +29,18 @@ from ..errors import DataError
 from .tasks import IGNORE, LabelInfo, Task
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".csv.gz", ".tsv.gz", ".tab.gz")
-MUTATION_COLUMNS = ("mutation", "mutations", "mutant", "variant")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which table columns hold the sequence, the label and the id."""
+
+    sequence: str = "sequence"
+    label: str = "label"
+    id: str = "id"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"sequence_column": self.sequence, "label_column": self.label, "id_column": self.id}
 
 
 @dataclass
@@ -101,7 +112,7 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]
     return columns, rows
 
 
-def _column(path: Path, columns: list[str], wanted: str, what: str, fallbacks: Sequence[str] = ()) -> str:
+def table_column(path: Path, columns: list[str], wanted: str, what: str, fallbacks: Sequence[str] = ()) -> str:
     for name in (wanted, *fallbacks):
         if name in columns:
             return name
@@ -117,15 +128,10 @@ def read_records(
     label_column: str | None = "label",
     id_column: str = "id",
     labels_path: Path | None = None,
-    wildtype: str | None = None,
-    wildtype_start: int = 1,
-    mutation_column: str = "mutation",
 ) -> list[Record]:
     """The records of one split. ``label_column=None``: no labels (prediction input)."""
     path = Path(path)
-    if wildtype is not None:
-        records = _mutation_records(path, wildtype, wildtype_start, mutation_column, label_column, id_column)
-    elif is_table(path):
+    if is_table(path):
         records = _table_records(path, sequence_column, label_column, id_column)
     else:
         records = _reader_records(path, readers)
@@ -141,8 +147,8 @@ def read_records(
 
 def _table_records(path, sequence_column, label_column, id_column) -> list[Record]:
     columns, rows = read_table(path)
-    seq_col = _column(path, columns, sequence_column, "sequence")
-    label_col = _column(path, columns, label_column, "label") if label_column is not None else None
+    seq_col = table_column(path, columns, sequence_column, "sequence")
+    label_col = table_column(path, columns, label_column, "label") if label_column is not None else None
     records = []
     for line, row in rows:
         rid = row.get(id_column, "").strip() or f"{path.name}:{line}"
@@ -189,30 +195,6 @@ def _attach_labels(records: list[Record], labels_path: Path, label_column: str, 
         if record.id not in by_id:
             raise DataError(f"{record.where}: no label for this id in {labels_path}")
         record.label = by_id[record.id]
-
-
-def _mutation_records(path, wildtype, start, mutation_column, label_column, id_column) -> list[Record]:
-    # variant-effect is a protein task: its wild type and mutation strings go through the protein
-    # plugin's one reader and one parser, the ones `protein score-variants` uses (the same rules
-    # for separators, '*', repeated positions). The import moves with the task into the plugin.
-    from modalities.protein.mutations import apply_mutations, parse_mutations
-    from modalities.protein.wildtype import read_wildtype
-
-    if not is_table(path):
-        raise DataError(f"{path}: variant-effect input must be a CSV/TSV table with a mutation column")
-    wildtype = read_wildtype(wildtype)
-    columns, rows = read_table(path)
-    fallbacks = [c for c in MUTATION_COLUMNS if c != mutation_column]
-    mut_col = _column(path, columns, mutation_column, "mutation", fallbacks)
-    label_col = _column(path, columns, label_column, "label") if label_column is not None else None
-    records = []
-    for line, row in rows:
-        where = f"{path}: line {line}"
-        mutations = row[mut_col].strip()
-        seq = apply_mutations(wildtype, parse_mutations(mutations, where), start, where, option="--wildtype-start")
-        rid = row.get(id_column, "").strip() or mutations
-        records.append(Record(rid, seq, row[label_col] if label_col else None, where))
-    return records
 
 
 # -- encoding -----------------------------------------------------------------------------------

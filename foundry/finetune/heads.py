@@ -116,7 +116,6 @@ class AttentionContactLogits(nn.Module):
 
 
 HEADS = {cls.kind: cls for cls in (SequenceHead, ResidueHead, PairwiseHead, AttentionContactLogits)}
-PAIR_HEADS = ("pairwise", "attention")
 
 
 def head_for(level: str, d_model: int, n_out: int, pooling: str = "mean", dropout: float = 0.1, *, pair_head: str = "pairwise",

@@ -15,18 +15,18 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..plugins import get_manager
-from .data import encode_records, read_records, special_layout
-from .loop import predict_logits
+from .data import Columns, encode_records, special_layout
+from .workload import predict_logits
 from .store import FinetunedModel, load_finetuned
 
 
 def load_for_prediction(model_dir: Path, tokenizer_path: str | None = None) -> FinetunedModel:
-    from .run import ModelOptions, load_trunk
+    from .run import load_trunk
     from .store import read_finetuned_meta
 
     meta = read_finetuned_meta(model_dir)
     modality = get_manager().modality(meta["modality"])
-    return load_finetuned(model_dir, load_base=lambda spec: load_trunk(modality, ModelOptions(source=spec, tokenizer=tokenizer_path), 0))
+    return load_finetuned(model_dir, load_base=lambda spec: load_trunk(modality, spec, None, {}, tokenizer_path, 0))
 
 
 def predict_file(model_dir: Path, input_path: Path, output: Path, *, sequence_column: str | None = None, id_column: str | None = None,
@@ -37,14 +37,11 @@ def predict_file(model_dir: Path, input_path: Path, output: Path, *, sequence_co
     ft = load_for_prediction(Path(model_dir), tokenizer_path)
     meta = ft.meta
     modality = get_manager().modality(meta["modality"])
-    if hasattr(ft.task, "ignore_char"):
-        ft.task.ignore_char = meta.get("ignore_label", ".")
-    records = read_records(
-        Path(input_path), readers=get_manager().reader_objects(modality.readers),
-        sequence_column=sequence_column or meta.get("sequence_column", "sequence"), label_column=None,
-        id_column=id_column or meta.get("id_column", "id"), wildtype=meta.get("wildtype") if ft.task.needs_wildtype else None,
-        wildtype_start=meta.get("wildtype_start", 1), mutation_column=meta.get("mutation_column", "mutation"),
-    )
+    readers = get_manager().reader_objects(modality.readers)
+    ft.task.configure(meta.get("task_options", {}), readers)
+    columns = Columns(sequence_column or meta.get("sequence_column", "sequence"), meta.get("label_column", "label"),
+                      id_column or meta.get("id_column", "id"))
+    records = ft.task.read_split(Path(input_path), None, columns, readers, labelled=False)
     max_len = meta.get("max_len", 1024)
     examples = encode_records(records, ft.tokenizer, ft.task, None, max_len)
     front, back = special_layout(ft.tokenizer)

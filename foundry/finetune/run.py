@@ -57,7 +57,7 @@ def load_trunk(modality, source: str | None, preset: str | None, overrides: dict
         path = resolve_model_path(source)
         model, tokenizer, _ = load_for_modality(path, modality, allow_missing_head=True, tokenizer=given)
         return model, tokenizer, str(Path(path).resolve())
-    if given is None and not modality.builds_tokenizer_without_data:
+    if given is None and modality.learned_vocabulary:
         raise FoundryError(f"--model {preset or modality.default_preset}: a {modality.name} model from scratch "
                            "needs --tokenizer DIR (a tokenizer or model dir)")
     tokenizer = given or modality.build_tokenizer([], {"path": None})

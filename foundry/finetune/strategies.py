@@ -60,22 +60,16 @@ def layer_of(name: str, n_layer: int) -> int:
     return n_layer + 1
 
 
-def param_groups(model: nn.Module, n_layer: int, weight_decay: float, layer_decay: float = 1.0, l2sp: bool = False) -> list[dict]:
-    """AdamW groups with an ``lr_scale`` each. No weight decay on 1-D tensors and embeddings; and
-    none on trunk weights under L2-SP, which replaces decay-toward-zero."""
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        in_trunk = name.startswith("trunk.")
-        depth = layer_of(name.removeprefix("trunk."), n_layer) if in_trunk else n_layer + 1
-        decay = param.ndim >= 2 and "embed" not in name and not (l2sp and in_trunk)
-        key = (depth, decay)
-        if key not in groups:
-            groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0,
-                           "lr_scale": layer_decay ** (n_layer + 1 - depth), "depth": depth}
-        groups[key]["params"].append(param)
-    return [groups[k] for k in sorted(groups)]
+def layer_decay_scale(n_layer: int, decay: float):
+    """``name -> lr scale`` for layer-wise LR decay: the head and final norm 1, block ``k`` (1-based)
+    ``decay ** (n_layer + 1 - k)``, embeddings ``decay ** (n_layer + 1)``. Names of a
+    ``FinetuneModel`` (``trunk.…`` / ``head.…``)."""
+
+    def scale(name: str) -> float:
+        depth = layer_of(name.removeprefix("trunk."), n_layer) if name.startswith("trunk.") else n_layer + 1
+        return decay ** (n_layer + 1 - depth)
+
+    return scale
 
 
 class L2SP:

@@ -1,17 +1,16 @@
 """Fine-tuning tasks: what a label is, which head reads the trunk, which loss and metrics apply.
 
-A task is registered by name (``register_task``); the built-ins are below, and a plugin adds its
-own the same way (a contact-map task from structures, a new per-residue property)::
+A task is registered by name: the generic ones below by the engine, modality-specific ones by
+their plugin through the ``register_tasks`` hook (the protein plugin registers ``variant-effect``
+and ``contact``). A task brings its label parsing (``fit``/``encode``), how a split is read
+(``read_split``), its head (``build_head``), loss, metrics, prediction columns (``describe``) and
+its own options (``options``: CLI flags of ``finetune`` and ``finetune.task_options`` keys)::
 
     sequence-regression        one number per sequence        pooled embedding -> MLP -> 1
     sequence-classification    one class per sequence         pooled embedding -> MLP -> C
                                (multi-label: "a;b" labels)    (sigmoid per label, BCE)
     residue-classification     one class per residue          token embedding -> MLP -> C
                                ("HHEEC..." as long as the sequence; '.' = no label)
-    variant-effect             one score per mutant of a      pooled embedding -> MLP -> 1
-                               wild type ("A24G:T50S")
-    contact                    residue pairs in contact        pairwise head on token embeddings
-                               ("3-17;5-40", 1-based)
 
 Labels that would silently change the task are refused with their file and row: a per-residue
 state seen once (or differing only by case from another) in the training split, a state or class
@@ -19,8 +18,9 @@ outside the ones the user declared (``declare_classes``), numbers with many frac
 given to sequence-classification (a regression target). Classes unseen in training are errors in
 valid/test.
 
-A task never reads files: ``foundry.finetune.data`` parses rows and calls ``encode`` with the raw
-label and where it came from, so every error names the file and row.
+Tasks parse labels, not files: ``read_split`` hands the rows to ``foundry.finetune.data`` (or a
+task's own reader) and ``encode`` gets the raw label and where it came from, so every error names
+the file and row.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, FoundryError
-from ..registry import Registry
 from . import metrics as M
 
 IGNORE = -100
@@ -59,12 +59,66 @@ class LabelInfo:
         return cls(list(d.get("names", [])), bool(d.get("multi_label", False)), float(d.get("mean", 0.0)), float(d.get("std", 1.0)))
 
 
+@dataclass(frozen=True)
+class TaskOption:
+    """An option a task adds to ``finetune``: ``--NAME`` on the CLI, ``finetune.task_options.NAME``
+    in configs. ``type`` converts the value (str, int, float)."""
+
+    name: str
+    type: Callable[[Any], Any] = str
+    default: Any = None
+    help: str = ""
+    required: bool = False
+
+
+CLASSES = TaskOption("classes", str, None, "the classes, a,b,c (per-residue states may be written HEC); default: those of the training split")
+
+
 class Task:
     name: ClassVar[str]
     level: ClassVar[str]  # "sequence" | "residue" | "pair": what the head predicts
     regression: ClassVar[bool] = False
     default_metric: ClassVar[str] = "accuracy"
-    needs_wildtype: ClassVar[bool] = False  # the input is mutations of a wild type
+    options: ClassVar[tuple[TaskOption, ...]] = ()
+
+    def configure(self, values: dict[str, Any], readers=()) -> None:
+        """Take this task's option values (unknown names are errors naming the task's options;
+        missing ones get their defaults). Called before any data is read."""
+        known = {o.name: o for o in self.options}
+        for name in values:
+            if name not in known:
+                allowed = ", ".join(f"--{o.replace('_', '-')}" for o in known) or "none"
+                raise FoundryError(f"--{name.replace('_', '-')} does not apply to --task {self.name} (its options: {allowed})")
+        self.values = {}
+        for name, option in known.items():
+            value = values.get(name, option.default)
+            if value is None and option.required:
+                raise FoundryError(f"--task {self.name} needs --{name.replace('_', '-')} ({option.help})")
+            self.values[name] = option.type(value) if value is not None else None
+        self.setup(readers)
+        if self.values.get("classes"):
+            self.declare_classes(self.values["classes"])
+
+    def setup(self, readers) -> None:
+        """Act on ``self.values`` once they are known (read a file an option names, …)."""
+
+    def saved_options(self) -> dict[str, Any]:
+        """The option values a fine-tuned model keeps, so ``predict`` reconfigures the task alike."""
+        return dict(getattr(self, "values", {}))
+
+    def read_split(self, path: Path, labels_path: Path | None, columns, readers, labelled: bool = True) -> list:
+        """The records of one split: a table, or a modality file plus a labels file."""
+        from .data import read_records
+
+        return read_records(path, readers=readers, sequence_column=columns.sequence, id_column=columns.id,
+                            label_column=columns.label if labelled else None, labels_path=labels_path)
+
+    def build_head(self, trunk_config, n_outputs: int, *, pooling: str | None, dropout: float):
+        """The head that reads the trunk's last hidden states (``foundry.finetune.heads``)."""
+        from .heads import head_for
+
+        pooling = pooling or ("last" if trunk_config.causal else "mean")
+        return head_for(self.level, trunk_config.d_model, n_outputs, pooling, dropout, n_layer=trunk_config.n_layer, n_head=trunk_config.n_head)
 
     def fit(self, labels: list[str], where: list[str]) -> LabelInfo:
         """Learn the label vocabulary / scale from the training split's raw labels."""
@@ -80,10 +134,6 @@ class Task:
     def declare_classes(self, text: str) -> None:
         """The classes the user names (``--classes``) instead of those the training split shows."""
         raise FoundryError(f"--task {self.name}: --classes applies to classification tasks only")
-
-    def read_wildtype(self, value: str) -> str:
-        """The wild-type sequence ``--wildtype`` gives, inline or as a file (``needs_wildtype`` tasks)."""
-        raise FoundryError(f"--task {self.name}: --wildtype applies to variant-effect only")
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, info: LabelInfo) -> torch.Tensor:
         raise NotImplementedError
@@ -127,22 +177,9 @@ class SequenceRegression(Task):
         return {"prediction": float(logits.reshape(-1)[0]) * info.std + info.mean}
 
 
-class VariantEffect(SequenceRegression):
-    """Supervised variant-effect regression: the input is a mutation list of one wild type."""
-
-    name = "variant-effect"
-    needs_wildtype = True
-
-    def read_wildtype(self, value):
-        # The protein plugin's one wild-type reader (score-variants uses it too); this task moves
-        # into that plugin with the task registry, and the import with it.
-        from modalities.protein.wildtype import read_wildtype
-
-        return read_wildtype(value)
-
-
 class SequenceClassification(Task):
     name = "sequence-classification"
+    options = (CLASSES,)
     level = "sequence"
     classes: list[str] | None = None  # declared by the user; None: the training split defines them
 
@@ -211,6 +248,13 @@ class ResidueClassification(Task):
     name = "residue-classification"
     level = "residue"
     ignore_char = "."
+    options = (CLASSES, TaskOption("ignore_label", str, ".", "the label character meaning 'no label at this residue'"))
+
+    def setup(self, readers):
+        self.ignore_char = self.values["ignore_label"]
+        if len(self.ignore_char) != 1:
+            raise FoundryError(f"--ignore-label {self.ignore_char!r}: must be one character")
+
     classes: list[str] | None = None  # declared states ("HEC"); None: the training split defines them
 
     def declare_classes(self, text):
@@ -273,59 +317,6 @@ class ResidueClassification(Task):
 
 
 # -- residue pairs -------------------------------------------------------------------------------
-
-
-class Contact(Task):
-    """Residue-residue contacts. Label: the contacting pairs, 1-based, ``"3-17;5-40"``; every other
-    pair with sequence separation >= ``min_separation`` is a negative. Metric: long-range
-    precision at L/5 (|i-j| >= 24), as ESM reports it."""
-
-    name = "contact"
-    level = "pair"
-    default_metric = "p_at_l5_long"
-    min_separation = 6
-
-    def fit(self, labels, where):
-        return LabelInfo(["contact"])
-
-    def n_outputs(self, info):
-        return 1
-
-    def encode(self, raw, n_residues, where, info):
-        target = np.zeros((n_residues, n_residues), dtype=np.float32)
-        for part in filter(None, (p.strip() for p in raw.replace(",", ";").split(";"))):
-            try:
-                i, j = (int(x) for x in part.split("-"))
-            except ValueError:
-                raise DataError(f"{where}: contact {part!r} is not of the form i-j (1-based residue numbers)") from None
-            if not (1 <= i <= n_residues and 1 <= j <= n_residues):
-                raise DataError(f"{where}: contact {part!r} is outside the sequence (1..{n_residues})")
-            target[i - 1, j - 1] = target[j - 1, i - 1] = 1.0
-        near = np.abs(np.subtract.outer(np.arange(n_residues), np.arange(n_residues))) < self.min_separation
-        target[near] = IGNORE
-        return target
-
-    def loss(self, logits, targets, info):
-        keep = targets != IGNORE
-        if not keep.any():
-            return logits.sum() * 0.0
-        return F.binary_cross_entropy_with_logits(logits[keep].float(), targets[keep].float())
-
-    def metrics(self, logits, targets, info):
-        # The protein plugin's one P@L implementation (ESM's convention; `protein contacts` uses it
-        # too): L counts residues with labels, not special tokens; missing pairs count as wrong.
-        from modalities.protein.contact_metrics import contact_precisions
-
-        precisions = [contact_precisions(lg, t, ranges={"long": (24, None)})["long_P@L5"] for lg, t in zip(logits, targets)]
-        precisions = [p for p in precisions if not math.isnan(p)]
-        return {"p_at_l5_long": float(np.mean(precisions)) if precisions else float("nan")}
-
-    def describe(self, logits, info):
-        n = logits.shape[0]
-        probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
-        i, j = np.triu_indices(n, self.min_separation)
-        order = np.argsort(-probs[i, j])[: max(1, n // 5)]
-        return {"prediction": ";".join(f"{i[k] + 1}-{j[k] + 1}" for k in order)}
 
 
 def probabilities(logits: np.ndarray, info: LabelInfo) -> np.ndarray:
@@ -406,22 +397,14 @@ def _number(raw: str, where: str) -> float:
 
 # -- registry ------------------------------------------------------------------------------------
 
-TASKS: Registry[type[Task]] = Registry("fine-tuning task")
+def task_class(name: str) -> type[Task]:
+    """The task registered as ``name``: the engine's, then plugins' (``register_tasks`` hook);
+    unknown names list the known ones."""
+    from ..plugins import get_manager
 
-
-def register_task(cls: type[Task], owner: str = "foundry") -> type[Task]:
-    TASKS.register(cls.name, cls, owner)
-    return cls
-
-
-def unregister_task(name: str) -> None:
-    TASKS.unregister(name)
+    return get_manager().task_class(name)
 
 
 def get_task(name: str) -> Task:
-    """A fresh instance of the task registered as ``name`` (unknown names list the known ones)."""
-    return TASKS.get(name)()
-
-
-for _cls in (SequenceRegression, SequenceClassification, ResidueClassification, VariantEffect, Contact):
-    register_task(_cls)
+    """A fresh instance of the task registered as ``name``."""
+    return task_class(name)()

@@ -19,7 +19,7 @@ from ..train import StepLoss, param_groups
 from . import metrics as M
 from .data import Batch, Example, batches
 from .heads import FinetuneModel
-from .strategies import L2SP, layer_of
+from .strategies import L2SP, layer_decay_scale
 from .tasks import LabelInfo, Task
 
 
@@ -113,14 +113,10 @@ class FinetuneWorkload:
         self.replay_weight = settings.replay if replay is not None else 0.0
 
     def param_groups(self) -> list[dict]:
-        n_layer, decay = self.model.n_layer, self.settings.layer_decay
-
-        def lr_scale(name: str) -> float:
-            depth = layer_of(name.removeprefix("trunk."), n_layer) if name.startswith("trunk.") else n_layer + 1
-            return decay ** (n_layer + 1 - depth)
-
+        # L2-SP pulls the trunk toward its pretrained weights; decay toward zero would fight it.
         no_decay = (lambda name: name.startswith("trunk.")) if self.l2sp is not None else None
-        return param_groups(self.model.named_parameters(), self.settings.weight_decay, lr_scale=lr_scale, no_decay=no_decay)
+        return param_groups(self.model.named_parameters(), self.settings.weight_decay,
+                            lr_scale=layer_decay_scale(self.model.n_layer, self.settings.layer_decay), no_decay=no_decay)
 
     def next_batch(self, rank: int, world: int) -> Batch:
         return self.stream.next_for_rank(rank, world)

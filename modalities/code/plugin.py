@@ -52,7 +52,8 @@ def register_modalities(register):
             name="code",
             description="Code language models (Code Llama / StarCoder style): byte-exact byte-level BPE, "
             "fill-in-the-middle tokens, source trees as input",
-            objective="clm",
+            objective="fim",
+            learned_vocabulary=True,
             presets=("llama-tiny", "gpt2-tiny", "llama2-7b", "codellama-7b", "mistral-7b", "gpt2"),
             readers=("source",),
             build_tokenizer=build_tokenizer,

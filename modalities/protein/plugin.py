@@ -76,6 +76,13 @@ def register_modalities(register):
 
 
 @hookimpl
+def register_tasks(register):
+    # By import path: listing plugins must not import torch (modalities/protein/tasks.py does).
+    register("variant-effect", "modalities.protein.tasks:VariantEffect")
+    register("contact", "modalities.protein.tasks:Contact")
+
+
+@hookimpl
 def register_commands(cli):
     from .commands import add_protein_commands
 

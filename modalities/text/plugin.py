@@ -65,6 +65,7 @@ def register_modalities(register):
             description="Text language models (GPT-2 / Llama style): byte-level BPE, causal-LM pretraining, "
             "plain text and JSONL input, import of HF Llama/GPT-2 tokenizers",
             objective="clm",
+            learned_vocabulary=True,
             presets=("llama-tiny", "gpt2-tiny", "gpt2", "gpt2-medium", "llama2-7b", "mistral-7b"),
             readers=("text", "jsonl"),
             build_tokenizer=build_tokenizer,
