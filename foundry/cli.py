@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         group.main(args=argv, prog_name="foundry", standalone_mode=False)
     except FoundryError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # a stop signal keeps its status (143 for SIGTERM)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

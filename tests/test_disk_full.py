@@ -282,3 +282,25 @@ def test_pretrain_fills_a_real_disk(small_disk, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "no space left on device" in error_line(result.stderr)
     _check_resumable(out, "step-000002")
+
+
+def test_finetune_on_a_full_disk_keeps_the_best_model(tmp_path):
+    import torch
+
+    from foundry.model import Transformer, from_name
+    from foundry.model.store import load_model, save_model
+    from modalities.protein.alphabet import EsmTokenizer
+
+    torch.manual_seed(0)
+    model = tmp_path / "tiny"
+    save_model(model, Transformer(from_name("esm2_tiny", n_layer=1, d_model=32, n_head=2, d_ff=64)), EsmTokenizer(), "protein")
+    data = Path(__file__).parent / "data" / "finetune"
+    out = tmp_path / "run"
+    result = foundry("protein", "finetune", "--from", str(model), "--task", "sequence-classification",
+                     "--train", str(data / "amp_valid.csv"), "--valid", str(data / "amp_valid.csv"), "--out", str(out),
+                     "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--no-forgetting", "--quiet",
+                     prelude=FULL_AT_STEP_4, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "no space left on device" in error_line(result.stderr)
+    load_model(out / "best")  # saved at an earlier evaluation, still whole
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]

@@ -66,19 +66,28 @@ def test_fasta_plus_labels_by_id(tmp_path):
         read_records(seqs, readers=fasta_readers(), labels_path=missing)
 
 
+def variants(path, wildtype, wildtype_start=1):
+    """The records of a mutation table, as `finetune --task variant-effect` reads them."""
+    from foundry.finetune.data import Columns
+
+    task = get_task("variant-effect")
+    task.configure({"wildtype": wildtype, "wildtype_start": wildtype_start})
+    return task.read_split(path, None, Columns(), ())
+
+
 def test_mutations_apply_with_offset_and_mismatch_names_row_position_letter(tmp_path):
     wt = (DATA / "pab1_wt.fasta").read_text().split("\n")[1]
     first = write(tmp_path, "o.csv", "mutation,label\nG126A,0.1\nWT,0.0\n")
-    records = read_records(first, wildtype=wt, wildtype_start=126)
+    records = variants(first, wt, 126)
     assert records[0].sequence[0] == "A" and records[0].sequence[1:] == wt[1:] and records[1].sequence == wt
     table = write(tmp_path, "v.csv", "mutation,label\nK2R:A4G,0.1\nA3G:T50S,0.2\n")
     with pytest.raises(DataError, match=r"v\.csv: line 3: mutation A3G: position 3 expects wild-type A but the sequence "
                                         r"has T there \(--wildtype-start 1; is it right\?\)"):
-        read_records(table, wildtype="MKTAYIAK")
-    assert read_records(write(tmp_path, "d.csv", "mutation,label\nK2R:A4G,0.1\n"), wildtype="MKTAYIAK")[0].sequence == "MRTGYIAK"
+        variants(table, "MKTAYIAK")
+    assert variants(write(tmp_path, "d.csv", "mutation,label\nK2R:A4G,0.1\n"), "MKTAYIAK")[0].sequence == "MRTGYIAK"
     far = write(tmp_path, "f.csv", "mutation,label\nK20R,0.1\n")
     with pytest.raises(DataError, match=r"line 2: mutation K20R: position 20 is outside the wild-type sequence \(positions 1..8"):
-        read_records(far, wildtype="MKTAYIAK")
+        variants(far, "MKTAYIAK")
 
 
 @pytest.mark.parametrize("mutations, message", [
@@ -92,19 +101,19 @@ def test_mutations_apply_with_offset_and_mismatch_names_row_position_letter(tmp_
 def test_variant_effect_reads_mutations_with_the_score_variants_parser(tmp_path, mutations, message):
     table = write(tmp_path, "v.csv", f"mutation,label\nK2R,0.1\n\"{mutations}\",0.2\n")
     if message is None:
-        assert read_records(table, wildtype="MKKAYIAK")[1].sequence == "MRTAYIAK"
+        assert variants(table, "MKKAYIAK")[1].sequence == "MRTAYIAK"
         return
     with pytest.raises(DataError, match=message) as err:
-        read_records(table, wildtype="MKKAYIAK")
+        variants(table, "MKKAYIAK")
     assert str(err.value).startswith(f"{table}: line 3: ")
 
 
 def test_a_mistyped_wildtype_file_is_an_error_not_a_sequence(tmp_path):
     table = write(tmp_path, "v.csv", "mutation,label\nWT,0.1\n")
     with pytest.raises(DataError, match=r"--wildtype wt\.fasta: no such file, and not a protein sequence \('\.' at position 3"):
-        read_records(table, wildtype="wt.fasta")  # used to become the sequence WT.FASTA ('.' is a gap token)
+        variants(table, "wt.fasta")  # used to become the sequence WT.FASTA ('.' is a gap token)
     fasta = write(tmp_path, "wt.fasta", ">wt\nmktay\n")
-    assert read_records(table, wildtype=str(fasta))[0].sequence == "MKTAY"
+    assert variants(table, str(fasta))[0].sequence == "MKTAY"
 
 
 def test_bad_letters_label_length_missing_column_empty_split_each_name_file_and_row(tmp_path):
@@ -150,7 +159,10 @@ def test_multi_label_classes_are_multi_hot():
 
 def test_task_registry_lists_known_names_and_unregisters():
     from foundry.errors import FoundryError
-    from foundry.finetune import TASKS, Task, register_task, unregister_task
+    from foundry.finetune.tasks import Task
+    from foundry.hookspecs import hookimpl
+    from foundry.plugins import get_manager
+    from foundry.testing import plugins_registered
 
     with pytest.raises(FoundryError, match="Did you mean 'sequence-regression'"):
         get_task("sequence-regresion")
@@ -158,14 +170,22 @@ def test_task_registry_lists_known_names_and_unregisters():
     class Stability(Task):
         name, level, regression = "stability-test", "sequence", True
 
-    register_task(Stability, owner="test")
-    try:
-        assert "stability-test" in TASKS
-        with pytest.raises(FoundryError, match="registered twice"):
-            register_task(Stability, owner="again")
-    finally:
-        unregister_task("stability-test")
-    assert "stability-test" not in TASKS
+    class StabilityPlugin:
+        @hookimpl
+        def register_tasks(register):
+            register(Stability)
+
+    class Clash:
+        @hookimpl
+        def register_tasks(register):
+            register("sequence-regression", Stability)
+
+    with plugins_registered(("stability", StabilityPlugin)) as manager:
+        assert isinstance(get_task("stability-test"), Stability)
+        manager.register_plugin(Clash, "clash")
+        assert "registered twice" in manager.failures[-1].error and "clash" not in manager.plugins
+        assert get_manager().task_class("sequence-regression").__name__ == "SequenceRegression"
+    assert "stability-test" not in get_manager().tasks
 
 
 # -- labels that would silently change the task ----------------------------------------------------

@@ -110,5 +110,5 @@ def test_pretrain_on_a_weighted_mixture_with_clusters(tmp_path):
 
     config.write_text(config.read_text().replace("weight: 0.15", "weight: 0"))
     result = foundry("protein", "pretrain", "--config", str(config), "--out", str(tmp_path / "bad"), *TINY, check=False)
-    assert result.returncode != 0 and "data.sources[1].weight: must be a positive number, got 0.0" in result.stderr
+    assert result.returncode != 0 and "data.sources[1].weight: 0.0 is not allowed; must be a finite number > 0" in result.stderr
     assert not (tmp_path / "bad").exists()

@@ -135,10 +135,11 @@ def test_save_hf_loads_in_transformers_with_identical_ids(tok, tmp_path):
     auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
     for text in TRICKY:
-        assert auto(text)["input_ids"] == tok.encode(text).tolist()
+        # The export is a prompt tokenizer: bos where foundry puts it, no eos appended.
+        assert auto(text)["input_ids"] == tok.encode_prompt(text).tolist()
         assert auto.decode(tok.encode(text), skip_special_tokens=True) == text
         if "<|" not in text:  # without tokenizer_config.json, transformers splits special strings out
-            assert fast(text)["input_ids"] == tok.encode(text).tolist()
+            assert auto(text)["input_ids"] == fast(text)["input_ids"] == tok.encode(text).tolist()[:-1]
     assert (auto.pad_token, auto.bos_token, auto.eos_token, auto.mask_token) == ("<|pad|>", "<|bos|>", "<|eos|>", "<|mask|>")
     assert auto.pad_token_id == tok.pad_id and auto.mask_token_id == tok.mask_id
     assert BpeTokenizer.load(tmp_path / "hf").fingerprint() == tok.fingerprint()
@@ -175,10 +176,10 @@ def test_from_hf_gpt2_tokenizer_json_and_vocab_merges(tmp_path):
     old = BpeTokenizer.from_hf(tmp_path / "old")
     assert (old.bos_id, old.eos_id, old.pad_id) == (eot, eot, eot)
     assert [x.tolist() for x in old.encode_batch(TRICKY)] == [x.tolist() for x in tok.encode_batch(TRICKY)]
-    # (3) exported again, transformers agrees with foundry (eos included)
+    # (3) exported again, transformers agrees with foundry's prompt encoding (no eos added)
     tok.save_hf(tmp_path / "export")
     again = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
-    assert again(TRICKY[2])["input_ids"] == tok.encode(TRICKY[2]).tolist()
+    assert again(TRICKY[2])["input_ids"] == gpt2(TRICKY[2])["input_ids"] == tok.encode_prompt(TRICKY[2]).tolist()
 
 
 def _byte_level(vocab, merges):

@@ -170,8 +170,8 @@ def _attach_labels(records: list[Record], labels_path: Path, label_column: str, 
     """Labels by id (a table or a '>id' file) or by position (one per line)."""
     if is_table(labels_path):
         columns, rows = read_table(labels_path)
-        id_col = _column(labels_path, columns, id_column, "id")
-        label_col = _column(labels_path, columns, label_column, "label")
+        id_col = table_column(labels_path, columns, id_column, "id")
+        label_col = table_column(labels_path, columns, label_column, "label")
         by_id = {row[id_col].strip(): row[label_col] for _, row in rows}
     else:
         with _open_text(labels_path) as handle:
