@@ -288,7 +288,8 @@ def test_finetune_on_a_full_disk_keeps_the_best_model(tmp_path):
     import torch
 
     from foundry.model import Transformer, from_name
-    from foundry.model.store import load_model, save_model
+    from foundry.finetune.store import load_finetuned
+    from foundry.model.store import save_model
     from modalities.protein.alphabet import EsmTokenizer
 
     torch.manual_seed(0)
@@ -302,5 +303,5 @@ def test_finetune_on_a_full_disk_keeps_the_best_model(tmp_path):
                      prelude=FULL_AT_STEP_4, check=False)
     assert result.returncode == 2, result.stderr
     assert "no space left on device" in error_line(result.stderr)
-    load_model(out / "best")  # saved at an earlier evaluation, still whole
+    load_finetuned(out / "best")  # saved at an earlier evaluation, still whole
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
