@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from .loading import model_from_preset
 from .modality import Modality
 from .objectives import IGNORE_INDEX, Objective, build_objective, unigram_log_probs
 from .plugins import get_manager
-from .rundir import clean_leftovers, has_checkpoint, locked, prepare_fresh
+from .rundir import check_fresh, clean_leftovers, clear_unfinished, has_checkpoint, locked
 from .train import StepLoss, param_groups, run_training
 
 UNIGRAM_SAMPLE_DOCS = 5000
@@ -165,15 +166,17 @@ def pretrain(cfg: RunConfig, resume: Path | None = None) -> dict[str, Any]:
     # A run killed before its first checkpoint has nothing to resume: it starts over from step 0.
     checkpoint = latest_checkpoint(run_dir) if resume and has_checkpoint(run_dir) else None
     main_process = process_state().is_main_process
-    if checkpoint is None and main_process:
-        prepare_fresh(run_dir)
-    workload, data = build_workload(cfg, modality, checkpoint)
-
     fresh = checkpoint is None
+    if fresh and main_process:
+        check_fresh(run_dir)
+        if resume:
+            print(f"foundry: {run_dir} has no checkpoint yet: starting the run over from step 0", file=sys.stderr)
     with locked(run_dir, enabled=main_process):
         try:
             if main_process:
-                clean_leftovers(run_dir)
+                clear_unfinished(run_dir) if fresh else clean_leftovers(run_dir)
+            workload, data = build_workload(cfg, modality, checkpoint)
+            if main_process:
                 atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
             result = run_training(workload, cfg.train, run_dir, resume_from=checkpoint, tracker_config=cfg.to_dict())
         except BaseException:

@@ -16,8 +16,9 @@ from typing import Any
 from .config import RunConfig, build_config, load_yaml
 from .errors import FoundryError
 
-#: keys a resumed run may change
-RESUMABLE = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.save_every",
+#: keys a resumed run may change; grad_accum so that a resume on another number of processes can
+#: keep the same global batch (processes x grad_accum)
+RESUMABLE = ("train.max_steps", "train.grad_accum", "train.log_every", "train.eval_every", "train.eval_batches", "train.save_every",
              "train.keep_checkpoints", "train.progress", "train.report_to", "train.on_nonfinite", "train.save_on_signal",
              "train.patience")
 

@@ -20,25 +20,28 @@ from .errors import FoundryError
 
 LOCK = ".lock"
 #: what a run writes before its first checkpoint; a folder holding only these may be reused
-RUN_FILES = {"config.yaml", "metrics.jsonl", "logs", CHECKPOINTS, LOCK}
+RUN_FILES = {"config.yaml", "metrics.jsonl", "logs", "best", CHECKPOINTS}
 
 
 def has_checkpoint(run_dir: Path) -> bool:
     return (Path(run_dir) / CHECKPOINTS / LATEST).is_file()
 
 
-def prepare_fresh(out: Path) -> None:
-    """Allow a fresh run in ``out``: empty, missing, or a run killed before its first checkpoint
-    (whose files are cleared). Anything else is refused, naming what to do."""
+def check_fresh(out: Path) -> None:
+    """Refuse a fresh run in ``out`` unless it is empty, missing, or a run killed before its first
+    checkpoint (whose files ``clear_unfinished`` then removes, under the run's lock)."""
     out = Path(out)
-    if not out.exists() or not any(out.iterdir()):
-        return
-    names = {p.name for p in out.iterdir()}
-    if has_checkpoint(out) or not names <= RUN_FILES or "config.yaml" not in names:
+    names = {p.name for p in out.iterdir()} - {LOCK} if out.is_dir() else set()
+    if names and (has_checkpoint(out) or not names <= RUN_FILES or "config.yaml" not in names):
         raise FoundryError(f"{out}: already holds files; continue it with --resume {out} or choose another --out")
-    for name in names - {LOCK}:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def clear_unfinished(out: Path) -> None:
+    """Remove what a run killed before its first checkpoint left (call with the lock held)."""
+    check_fresh(out)
+    for path in Path(out).iterdir():
+        if path.name != LOCK:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def clean_leftovers(run_dir: Path) -> list[Path]:

@@ -30,7 +30,7 @@ from ..distributed import process_state
 from ..errors import FoundryError
 from ..metrics import MetricsLog
 from ..plugins import get_manager
-from ..rundir import clean_leftovers, has_checkpoint, locked, prepare_fresh
+from ..rundir import check_fresh, clean_leftovers, clear_unfinished, has_checkpoint, locked
 from ..train import run_training
 from .data import Columns, encode_records
 from .forgetting import forgetting_tools
@@ -65,6 +65,15 @@ def load_trunk(modality, source: str | None, preset: str | None, overrides: dict
     return model_from_preset(modality, preset, tokenizer, overrides), tokenizer, None
 
 
+def _freeze_lm_head(trunk) -> None:
+    """The trunk's LM head takes no part in a task's forward pass (only replay uses it): freeze it,
+    so it is not reported as trained and data-parallel training does not wait for gradients that
+    never come (DDP stops with "parameters that were not used in producing loss")."""
+    lm_head = getattr(base_transformer(trunk), "lm_head", None)
+    if lm_head is not None:
+        lm_head.requires_grad_(False)
+
+
 def resolve_schedule(cfg: RunConfig, explicit: set[str], train_examples: int) -> None:
     """Fill what the user left to the data: steps from epochs, warm-up from its fraction, an
     evaluation (and checkpoint) every epoch, the learning rate of the strategy. In place; the
@@ -91,8 +100,9 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
     out = Path(resume or cfg.out)
     checkpoint = latest_checkpoint(out) if resume and has_checkpoint(out) else None
     main_process = process_state().is_main_process
-    if checkpoint is None and main_process:
-        prepare_fresh(out)
+    fresh = checkpoint is None
+    if fresh and main_process:
+        check_fresh(out)
 
     # -- everything that can fail on input, before OUT is written -------------------------------
     task.configure(f.task_options, readers)
@@ -110,6 +120,8 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
     probe, replay = forgetting_tools(modality, readers, tokenizer, cfg, pretrained=cfg.model.init_from is not None)
     before = probe.loss(trunk) if probe is not None else None
     trunk = apply_strategy(trunk, f.strategy, lora_rank=f.lora_rank, lora_alpha=f.lora_alpha)
+    if not f.replay:
+        _freeze_lm_head(trunk)
     model = FinetuneModel(trunk, head, tokenizer.special_ids, tokenizer.pad_id, base_transformer(trunk).config.n_layer)
     trainable, total = count_trainable(model)
 
@@ -127,11 +139,10 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
     settings = FinetuneSettings(f.batch_size, cfg.train.weight_decay, f.layer_decay, f.l2sp, f.replay, f.strategy, metric)
     workload = FinetuneWorkload(model, task, labels, examples["train"], examples["valid"], tokenizer.pad_id, settings, cfg.train.seed,
                                 save, restore, replay)
-    fresh = checkpoint is None
     with locked(out, enabled=main_process):
         try:
             if main_process:
-                clean_leftovers(out)
+                clear_unfinished(out) if fresh else clean_leftovers(out)
                 atomic_write_text(out / "config.yaml", cfg.to_yaml())
             result = run_training(workload, cfg.train, out, resume_from=checkpoint, tracker_config=cfg.to_dict())
         except BaseException:
