@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from test_pretrain_cli import TINY, foundry, losses
+from conftest import TINY_PRETRAIN as TINY, foundry, losses
 
 
 def _tokens(run_dir):

@@ -22,17 +22,10 @@ from foundry.finetune.workload import predict_logits
 from foundry.train import param_groups
 from foundry.model.store import load_model
 
-DATA = Path(__file__).parent / "data" / "finetune"
-TINY = {"n_layer": 2, "d_model": 64, "n_head": 4, "d_ff": 128}
+from conftest import FINETUNE_DATA as DATA, TINY_MODEL as TINY
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and much faster when other work shares the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

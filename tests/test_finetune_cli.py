@@ -2,43 +2,12 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 import torch
 
-DATA = Path(__file__).parent / "data" / "finetune"
+from conftest import FINETUNE_DATA as DATA, foundry, head_rows as head
+
 QUICK = ["--max-steps", "4", "--batch-size", "8", "--quiet", "--forgetting-docs", "8"]
-
-
-def foundry(*args, check=True):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
-    env["OMP_NUM_THREADS"] = "1"  # tiny models: one thread is faster, much faster on shared cores
-    result = subprocess.run([sys.executable, "-m", "foundry", *map(str, args)], capture_output=True, text=True, env=env, timeout=1800)  # a hang guard, never a race
-    if check and result.returncode != 0:
-        raise AssertionError(f"foundry {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def protein_model(tmp_path_factory) -> Path:
-    from foundry.model import Transformer, from_name
-    from foundry.model.store import save_model
-    from modalities.protein.alphabet import EsmTokenizer
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    save_model(path, Transformer(from_name("esm2_tiny", n_layer=1, d_model=32, n_head=2, d_ff=64)), EsmTokenizer(), "protein")
-    return path
-
-
-def head(src: Path, dst: Path, n: int) -> Path:
-    lines = src.read_text().splitlines()
-    dst.write_text("\n".join(lines[: n + 1]) + "\n")
-    return dst
 
 
 def test_variant_effect_finetune_then_predict(tmp_path, protein_model):

@@ -1,52 +1,11 @@
 """`foundry <modality> pretrain` as a user runs it: outputs, exact resume, and bad input."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-# A few-second protein run: tiny model, short rows, a couple of hundred real UniProt sequences.
-TINY = [
-    "--set", "model.overrides.n_layer=2", "--set", "model.overrides.d_model=64", "--set", "model.overrides.n_head=4",
-    "--set", "model.overrides.d_ff=128", "--set", "data.max_len=128", "--set", "data.batch_tokens=1024",
-    "--set", "data.max_train_docs=300", "--set", "data.max_valid_docs=20", "--set", "train.log_every=1",
-    "--set", "train.eval_every=4", "--set", "train.eval_batches=2", "--set", "train.warmup_steps=2", "--quiet",
-]
-
-
-# Only a guard against a hung run, never a race: a loaded machine may be ten times slower.
-TIMEOUT = 1800
-
-
-def foundry(*args, check=True, timeout=TIMEOUT, prelude=None):
-    """Run ``python -m foundry ARGS`` (or ``python -c PRELUDE ARGS``, PRELUDE ending in main()).
-
-    The command runs in its own session so that a timeout kills the whole process group
-    (torchrun and its workers too), not only the launcher.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
-    command = [sys.executable, *(["-c", prelude] if prelude else ["-m", "foundry"]), *args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        raise AssertionError(f"foundry {' '.join(args)} still running after {timeout} s:\n{stdout}\n{stderr}") from None
-    result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
-    if check and result.returncode != 0:
-        raise AssertionError(f"foundry {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {m["step"]: m["loss"] for m in lines if "loss" in m}
+from conftest import DIE_AT_STEP_6, TINY_PRETRAIN as TINY, foundry, losses  # noqa: F401 - test_faults imports them from here
 
 
 def test_protein_pretrain_writes_metrics_checkpoints_and_a_final_model(tmp_path):
@@ -66,27 +25,6 @@ def test_protein_pretrain_writes_metrics_checkpoints_and_a_final_model(tmp_path)
     assert summary["step"] == 8 and summary["modality"] == "protein"
     again = foundry("protein", "pretrain", "--out", str(out), "--max-steps", "8", *TINY, check=False)
     assert again.returncode != 0 and "already holds files; continue it with --resume" in again.stderr
-
-
-# Dies by SIGKILL as it starts to write the step-6 checkpoint: steps 5 and 6 ran and were logged,
-# step-000004 is the latest checkpoint. The crash point is fixed by the run itself, not by how fast
-# the test notices a file, so the outcome does not depend on the machine's load.
-DIE_AT_STEP_6 = """
-import os, signal, sys
-import foundry.train as train
-
-real = train.save_checkpoint
-
-def save_or_die(*args, **kwargs):
-    step = args[1] if len(args) > 1 else kwargs["step"]
-    if step >= 6:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
-
-train.save_checkpoint = save_or_die
-from foundry.cli import main
-main(sys.argv[1:])
-"""
 
 
 def test_killed_run_resumes_with_identical_losses(tmp_path):

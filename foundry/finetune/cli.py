@@ -1,8 +1,8 @@
 """``foundry <modality> finetune`` and ``foundry <modality> predict``, shared by every modality.
 
-A modality attaches them to its group (``finetune_command(name, tasks)``), choosing which
-registered tasks it offers; each task adds its own options (``Task.options``: ``--wildtype`` comes
-with variant-effect). Every flag is a key of the run config's ``finetune``/``train``/``model``
+A modality attaches them to its group (``finetune_command(name)``); it offers every registered
+task whose ``Task.modalities`` admits it (a plugin's task too), optionally only some ``levels``.
+Each task adds its own options (``Task.options``: ``--wildtype`` comes with variant-effect). Every flag is a key of the run config's ``finetune``/``train``/``model``
 sections, so ``--config FILE.yaml`` and ``--set finetune.batch_size=8`` work as for pretraining.
 """
 
@@ -48,17 +48,63 @@ def _task_options(tasks: Sequence[str]):
     return decorators
 
 
-def finetune_command(modality_name: str, tasks: Sequence[str], help_text: str = "") -> click.Command:
+def offered_tasks(modality_name: str, levels: Sequence[str] | None = None) -> list[str]:
+    """The registered tasks ``foundry MODALITY finetune`` offers: each whose ``Task.modalities``
+    admits the modality (None: every modality) and, when the modality names ``levels``, whose
+    level is one of them. So a task a plugin registers is offered without editing the modality."""
+    from ..plugins import get_manager
+    from .tasks import task_class
+
+    classes = {name: task_class(name) for name in get_manager().tasks.names()}
+    return [name for name, cls in classes.items()
+            if (cls.modalities is None or modality_name in cls.modalities) and (levels is None or cls.level in levels)]
+
+
+class _TaskOptionsCommand(click.Command):
+    """A command whose task-dependent options (``--task`` and each task's own flags) are built on
+    first use: finding them imports every registered task class (and torch), which building the
+    CLI for ``foundry plugins`` or any other command must not pay for."""
+
+    def __init__(self, *args, task_params, **kwargs):
+        self._task_params = task_params
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if self._task_params is not None:
+            build, self._task_params = self._task_params, None
+            after = next(i for i, p in enumerate(self._params) if p.name == "tokenizer") + 1
+            self._params[after:after] = build()
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = value
+
+
+def finetune_command(modality_name: str, help_text: str = "", *, levels: Sequence[str] | None = None) -> click.Command:
+    """``foundry MODALITY finetune``, offering every registered task that admits the modality
+    (``offered_tasks``); ``levels`` narrows them (text offers sequence-level tasks only)."""
+    offered: list[str] = []  # filled on first use, with the options that depend on it
+
     def command(**kw):
         """Fine-tune a pretrained model (or train a preset from scratch) on labelled sequences."""
-        run_finetune_cli(modality_name, tasks, kw)
+        run_finetune_cli(modality_name, offered, kw)
+
+    def task_params() -> list[click.Parameter]:
+        offered[:] = offered_tasks(modality_name, levels)
+
+        def holder():
+            pass
+        for option in reversed([click.option("--task", type=click.Choice(offered), help="What to predict."), *_task_options(offered)]):
+            holder = option(holder)
+        return list(reversed(holder.__click_params__))
 
     options = [
         click.option("--from", "source", help="Pretrained model: a model dir, a fair-esm .pt, an HF directory (or cached hub id)."),
         click.option("--model", "preset", help="Train this preset from scratch instead (the baseline for --from)."),
         click.option("--model-set", "model_set", multiple=True, metavar="KEY=VALUE", help="Model config override for --model, e.g. n_layer=2."),
         click.option("--tokenizer", help="Tokenizer dir, for trunks that do not carry one."),
-        click.option("--task", type=click.Choice(list(tasks)), help="What to predict."),
         click.option("--train", type=P, help="Training split: CSV/TSV with sequence and label columns, or a sequence file + --train-labels."),
         click.option("--valid", type=P, help="Validation split (early stopping, best model)."),
         click.option("--test", type=P, help="Test split, scored once with the best model."),
@@ -67,7 +113,6 @@ def finetune_command(modality_name: str, tasks: Sequence[str], help_text: str = 
         click.option("--sequence-column", help="Table column holding sequences [sequence]."),
         click.option("--label-column", help="Table column holding labels [label]."),
         click.option("--id-column", help="Table column holding ids [id]."),
-        *_task_options(tasks),
         click.option("--out", type=P, help=f"Run directory (default runs/{modality_name}-finetune)."),
         click.option("--config", "config_file", type=P, help="YAML run config (finetune:, train:, model: sections)."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set finetune.batch_size=8."),
@@ -101,7 +146,7 @@ def finetune_command(modality_name: str, tasks: Sequence[str], help_text: str = 
     ]
     for option in reversed(options):
         command = option(command)
-    return click.command(name="finetune", help=help_text or None)(command)
+    return click.command(name="finetune", cls=_TaskOptionsCommand, task_params=task_params, help=help_text or None)(command)
 
 
 def run_finetune_cli(modality_name: str, tasks: Sequence[str], kw: dict) -> None:

@@ -80,6 +80,8 @@ class Task:
     regression: ClassVar[bool] = False
     default_metric: ClassVar[str] = "accuracy"
     options: ClassVar[tuple[TaskOption, ...]] = ()
+    #: the modalities whose ``finetune`` offers this task; None: every modality
+    modalities: ClassVar[tuple[str, ...] | None] = None
 
     def configure(self, values: dict[str, Any], readers=()) -> None:
         """Take this task's option values (unknown names are errors naming the task's options;

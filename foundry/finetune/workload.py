@@ -119,7 +119,16 @@ class FinetuneWorkload:
                             lr_scale=layer_decay_scale(self.model.n_layer, self.settings.layer_decay), no_decay=no_decay)
 
     def next_batch(self, rank: int, world: int) -> Batch:
-        return self.stream.next_for_rank(rank, world)
+        # Each process takes its own batch of every round of ``world`` batches; the batch's place in
+        # the stream seeds its dropout (``loss``), so 2 processes draw the masks 1 process with
+        # grad_accum=2 draws, and a resumed run the masks of an uninterrupted one.
+        mine = None
+        for r in range(world):
+            place = (self.stream.epoch, self.stream.position)
+            batch = self.stream.next_for_rank(0, 1)
+            if r == rank:
+                mine, self._place = batch, place
+        return mine
 
     def data_state(self) -> dict:
         return self.stream.state_dict()
@@ -133,6 +142,8 @@ class FinetuneWorkload:
             _unwrap(model).trunk.eval()  # no dropout in a trunk that does not train
 
     def loss(self, model, batch: Batch, seed: int, device) -> StepLoss:
+        epoch, position = self._place
+        torch.manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + position)  # dropout: a function of (seed, batch)
         logits = model(batch.tokens.to(device))
         task_loss = self.task.loss(logits, batch.targets.to(device), self.labels)
         loss, extra = (1.0 - self.replay_weight) * task_loss, {}
@@ -148,7 +159,12 @@ class FinetuneWorkload:
 
     def evaluate(self, model, accelerator) -> dict[str, float]:
         unwrapped = accelerator.unwrap_model(model)
-        return evaluate(unwrapped, self.task, self.labels, self.valid, self.settings.batch_size, self.pad_id, accelerator.device)
+        result = evaluate(unwrapped, self.task, self.labels, self.valid, self.settings.batch_size, self.pad_id, accelerator.device)
+        if not np.isfinite(result["loss"]):
+            # Outputs that overflowed still "score" (the argmax of NaN logits is class 0); such a
+            # model must never become OUT/best.
+            result[self.metric] = float("nan")
+        return result
 
     def describe_evaluation(self, step: int, result: dict[str, float]) -> str:
         return f"step {step}: valid {self.metric} {result.get(self.metric, float('nan')):.4f} (loss {result['loss']:.4f})"

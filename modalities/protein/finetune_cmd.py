@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from foundry.finetune.cli import finetune_command, predict_command
 
-PROTEIN_TASKS = ("sequence-regression", "sequence-classification", "residue-classification", "variant-effect", "contact")
-
 HELP = """Fine-tune a protein language model on labelled proteins (or train --model from scratch).
 
 \b
@@ -26,5 +24,6 @@ contact: contacting pairs "i-j;k-l" (1-based).
 
 
 def add_finetune_commands(group) -> None:
-    group.add_command(finetune_command("protein", PROTEIN_TASKS, HELP))
+    # Every registered task that admits proteins: the engine's, this plugin's, and other plugins'.
+    group.add_command(finetune_command("protein", HELP))
     group.add_command(predict_command("protein"))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from foundry.finetune.cli import finetune_command, predict_command
 
-TEXT_TASKS = ("sequence-classification", "sequence-regression")
-
-
 def add_finetune_commands(group) -> None:
-    group.add_command(finetune_command("text", TEXT_TASKS))
+    # Sequence-level tasks only: a BPE piece is no residue, so per-token labels cannot be written.
+    group.add_command(finetune_command("text", levels=("sequence",)))
     group.add_command(predict_command("text"))
