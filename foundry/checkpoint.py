@@ -17,15 +17,13 @@ load with ``weights_only=True``: loading a checkpoint never runs pickled code.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import atomic_write_text, fsync_tree
+from .atomic import atomic_directory, atomic_write_text
 from .errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
@@ -46,22 +44,13 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(run_dir, step)
     name = final.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-    try:
+    with atomic_directory(final) as tmp:
         write_model(tmp / "model")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
-        fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_text(root / LATEST, name + "\n")
     _prune(root, keep, protect=name)
     return final

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from .config import build_config, load_yaml
 from .errors import FoundryError
 
 

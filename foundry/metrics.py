@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, disk_full_as_error
 
 
 class MetricsLog:
@@ -23,8 +23,9 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._handle.write(json.dumps(clean) + "\n")
-        self._handle.flush()
+        with disk_full_as_error(self.path):
+            self._handle.write(json.dumps(clean) + "\n")
+            self._handle.flush()
 
     def close(self) -> None:
         self._handle.close()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_directory, atomic_write_text
 from .checkpoint import latest_checkpoint
 from .config import RunConfig, resolve_for_run
 from .corpus import RunData, load_run_data
@@ -201,13 +201,7 @@ def pretrain(cfg: RunConfig, resume: Path | None = None) -> dict[str, Any]:
 
 
 def _publish_final(run_dir: Path) -> None:
-    """``OUT/final`` becomes a copy of the last checkpoint's model dir. The old ``final`` is
-    replaced only once the copy is complete: a crash leaves one or the other, never neither."""
-    tmp, old = run_dir / ".final.tmp", run_dir / ".final.old.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(latest_checkpoint(run_dir) / "model", tmp)
-    final = run_dir / "final"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    """``OUT/final`` becomes a copy of the last checkpoint's model dir, replaced atomically: a crash
+    leaves the old ``final`` or the new one, never neither."""
+    with atomic_directory(run_dir / "final") as tmp:
+        shutil.copytree(latest_checkpoint(run_dir) / "model", tmp, dirs_exist_ok=True)

@@ -46,12 +46,12 @@ def clear_unfinished(out: Path) -> None:
 
 def clean_leftovers(run_dir: Path) -> list[Path]:
     """Remove temporary files and folders of writes a crash interrupted (``.step-*.tmp-*``,
-    ``.final.tmp``, ``.*.tmp``); returns what was removed."""
+    ``.final.tmp-*``, ``.*.old-*`` of an interrupted swap); returns what was removed."""
     removed = []
     for root in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
         if not root.is_dir():
             continue
-        for path in root.glob(".*tmp*"):
+        for path in [*root.glob(".*.tmp*"), *root.glob(".*.old-*")]:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             removed.append(path)
     return removed

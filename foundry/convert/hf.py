@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CheckpointError, FoundryError
 from ..model.config import ModelConfig
-from ..model.store import atomic_directory
+from ..atomic import atomic_directory
 from ..model.transformer import Transformer
 from . import hf_esm, hf_gpt2, hf_llama
 from .common import as_state_dict, check_state_dict, invert, outside_namer, read_json, read_safetensors, read_torch, rename

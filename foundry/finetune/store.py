@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..model.store import atomic_directory, load_model, save_model
+from ..atomic import atomic_directory
+from ..model.store import load_model, save_model
 from ..weights import check_floating_state, check_weights, read_safetensors
 from .heads import FinetuneModel, build_head
 from .strategies import base_transformer

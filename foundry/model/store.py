@@ -5,7 +5,8 @@
                                            "extras": {...}}
     MODEL_DIR/model.safetensors           trunk weights (tied weights exist once in the trunk)
     MODEL_DIR/tokenizer/                  tokenizer.save(dir)
-    MODEL_DIR/contact_head.safetensors    optional, with the head's shape in its metadata
+    MODEL_DIR/<name>_head.safetensors     optional: each head attached to the trunk
+                                          (``Transformer.attach``), its ``describe()`` in the metadata
 
 Writes go to a sibling temp directory that replaces ``MODEL_DIR`` only once complete, so a crash
 never leaves a half-written model and never loses the previous one. Loading builds the model on
@@ -14,25 +15,22 @@ the meta device and assigns the (memory-mapped) tensors: one copy of the weights
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from ..atomic import atomic_directory
 from ..errors import CheckpointError, ConfigError, FoundryError
 from ..weights import check_weights, read_safetensors
 from .config import ModelConfig
-from .heads import AttentionContactHead
 from .transformer import Transformer
 
 FORMAT, VERSION = "foundry-model", 1
-META_FILE, WEIGHTS_FILE, CONTACT_FILE, TOKENIZER_DIR = "model.json", "model.safetensors", "contact_head.safetensors", "tokenizer"
+META_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "model.json", "model.safetensors", "tokenizer"
+HEAD_SUFFIX = "_head.safetensors"  # attachment "<name>" -> "<name>_head.safetensors"
 
 
 @dataclass
@@ -44,50 +42,6 @@ class LoadedModel:
     extras: dict = field(default_factory=dict)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-@contextlib.contextmanager
-def atomic_directory(directory) -> Iterator[Path]:
-    """Yield a temp sibling of ``directory`` to fill; on success it becomes ``directory``.
-
-    An existing ``directory`` is moved aside only after the new one is complete and synced, then
-    deleted. On error the temp directory is removed and ``directory`` is untouched.
-    """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f"{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        old = None
-        if directory.exists():
-            old = directory.parent / f"{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        _fsync_dir(directory.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
@@ -95,10 +49,9 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
 
 
 def save_model(directory, model: Transformer, tokenizer, modality: str, extras: dict | None = None) -> Path:
-    """Write ``model`` (+ tokenizer, contact head) as a model directory, atomically."""
+    """Write ``model`` (+ tokenizer, attached heads) as a model directory, atomically."""
     directory = Path(directory)
-    state = model.state_dict()
-    trunk = {k: v for k, v in state.items() if not k.startswith("contact_head.")}
+    trunk = model.state_dict()
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -111,11 +64,11 @@ def save_model(directory, model: Transformer, tokenizer, modality: str, extras: 
         json.dumps(meta)
     except TypeError as exc:
         raise FoundryError(f"save_model: extras must be JSON-serialisable: {exc}") from None
-    with atomic_directory(directory) as tmp:
+    needed = sum(t.numel() * t.element_size() for t in trunk.values())
+    with atomic_directory(directory, needed=needed) as tmp:
         _save_tensors(trunk, tmp / WEIGHTS_FILE, {"format": "pt"})
-        if model.contact_head is not None:
-            head = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("contact_head.")}
-            _save_tensors(head, tmp / CONTACT_FILE, {"format": "pt", "head": json.dumps(model.contact_head.describe())})
+        for name, head in model.attachments.items():
+            _save_tensors(head.state_dict(), tmp / f"{name}{HEAD_SUFFIX}", _head_metadata(head))
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER_DIR)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -161,8 +114,9 @@ def load_model(directory, map_location="cpu") -> LoadedModel:
     check_weights(model.state_dict(), state, directory / WEIGHTS_FILE)
     model.load_state_dict(state, strict=True, assign=True)
 
-    if (directory / CONTACT_FILE).exists():
-        model.attach_contact_head(_load_contact_head(directory / CONTACT_FILE, cfg, map_location))
+    for path in sorted(directory.glob(f"*{HEAD_SUFFIX}")):
+        name = path.name[: -len(HEAD_SUFFIX)]
+        model.attach(name, _load_head(path, name, cfg, map_location))
 
     tokenizer = None
     tok_meta = meta.get("tokenizer")
@@ -186,17 +140,44 @@ def load_model(directory, map_location="cpu") -> LoadedModel:
     return LoadedModel(model.eval(), tokenizer, meta["modality"], cfg, meta.get("extras") or {})
 
 
-def _load_contact_head(path: Path, cfg: ModelConfig, map_location) -> AttentionContactHead:
+def _head_metadata(head) -> dict[str, str]:
+    return {"format": "pt", "head": json.dumps(head.describe())}
+
+
+def save_attachment(directory, name: str, head) -> Path:
+    """Add (or replace) one attached head in an existing model directory, atomically: the file is
+    complete or absent, and the trunk is not rewritten."""
+    from safetensors.torch import save
+
+    from ..atomic import atomic_write
+
+    directory = Path(directory)
+    read_meta(directory)  # a model directory, not any folder
+    path = directory / f"{name}{HEAD_SUFFIX}"
+    tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    data = save(tensors, metadata=_head_metadata(head))
+    atomic_write(path, lambda f: f.write(data), binary=True)
+    return path
+
+
+def _load_head(path: Path, name: str, cfg: ModelConfig, map_location):
+    """Rebuild an attached head by its kind (the head registry, ``foundry.finetune.heads``).
+    Files written before heads recorded a kind take the attachment name as kind."""
+    from ..finetune.heads import build_head
+
     head_state, head_meta = read_safetensors(path, map_location)
     try:
-        head = AttentionContactHead(**json.loads(head_meta["head"]))
+        description = json.loads(head_meta["head"])
+        description.setdefault("kind", name)
+        head = build_head(description)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the head's description in the file metadata is missing or invalid: {exc}") from None
-    if (head.n_layer, head.n_head) != (cfg.n_layer, cfg.n_head):
-        raise CheckpointError(
-            f"{path}: a contact head for {head.n_layer} layers x {head.n_head} heads, but the model has "
-            f"{cfg.n_layer} x {cfg.n_head}: not a head of this model"
-        )
+    for key in ("n_layer", "n_head", "d_model"):  # a head sized for another trunk
+        if key in description and description[key] != getattr(cfg, key):
+            raise CheckpointError(f"{path}: a head for {key}={description[key]}, but the model has {key}={getattr(cfg, key)}: "
+                                  "not a head of this model")
     check_weights(head.state_dict(), head_state, path)
     head.load_state_dict(head_state, strict=True)
     return head.to(map_location)

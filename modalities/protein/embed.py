@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from foundry.errors import CheckpointError, FoundryError
-from foundry.images import contact_image, safe_names, write_png
+from foundry.images import pair_map_image, safe_names, write_png
 
 from .alphabet import EsmTokenizer
 
@@ -124,21 +124,31 @@ def embed_sequences(pm: ProteinModel, sequences: Sequence[str], layers: Sequence
 @torch.no_grad()
 def predict_contacts(pm: ProteinModel, sequences: Sequence[str], batch_tokens: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (input index, (L, L) float32 contact probabilities) through the attached contact head."""
-    if pm.model.contact_head is None:
+    from .contact_head import contact_head_of, predict_contacts as head_contacts
+
+    if contact_head_of(pm.model) is None:
         raise CheckpointError(
-            f"{pm.source}: this model has no contact head (import a fair-esm checkpoint with its "
-            "-contact-regression.pt beside it, or an HF EsmForMaskedLM with contact_head weights)"
+            f"{pm.source}: this model has no contact head: fit one on a few structures "
+            "(foundry protein contacts --model MODEL_DIR --fit STRUCTURES), or import a fair-esm checkpoint with its "
+            "-contact-regression.pt beside it, or an HF EsmForMaskedLM with contact_head weights"
         )
     lengths = [len(s) for s in sequences]
     for batch in length_batches(lengths, batch_tokens):
         tokens, residues = _tokens(pm, [sequences[i] for i in batch])
-        probs = pm.model.predict_contacts(tokens).float().cpu().numpy()
+        probs = head_contacts(pm.model, tokens).float().cpu().numpy()
         for row, i in enumerate(batch):
             n = residues[row]
             yield i, probs[row, :n, :n]
 
 
 # -- files: safe names and pictures live in foundry.images ---------------------------------------
+
+
+def contact_picture(probs: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+    """The contact map as a readable picture: residue numbers on the axes, a colour bar, true
+    contacts (Cβ < 8 Å) marked in the lower triangle when the structure is known."""
+    return pair_map_image(probs, truth, value_label="P(contact)", truth_label="true contact (Cb<8A)",
+                          axis_label="residue")
 
 # -- the two jobs behind the commands -----------------------------------------------------------
 
@@ -247,7 +257,7 @@ def contact_inputs(path: Path, chain: str | None = None) -> list[ContactItem]:
 def run_contacts(pm: ProteinModel, items: list[ContactItem], out: Path, batch_tokens: int = 4096,
                  echo=print) -> list[dict]:
     """Write <name>.npy (L, L) probabilities and <name>.png per item; metrics for structures."""
-    from foundry.model.store import atomic_directory
+    from foundry.atomic import atomic_directory
 
     from .contact_metrics import format_metrics
 
@@ -257,7 +267,7 @@ def run_contacts(pm: ProteinModel, items: list[ContactItem], out: Path, batch_to
             it = items[i]
             np.save(tmp / f"{it.name}.npy", probs.astype(np.float32))
             truth = it.labels.contacts if it.labels is not None else None
-            write_png(tmp / f"{it.name}.png", contact_image(probs, truth))
+            write_png(tmp / f"{it.name}.png", contact_picture(probs, truth))
             if truth is not None:
                 found[i] = score_structure(it, probs)
                 reason = found[i].get("not_scored")
