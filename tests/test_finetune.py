@@ -18,7 +18,7 @@ from foundry.config import build_config
 from foundry.finetune.run import finetune
 from foundry.finetune.store import load_finetuned
 from foundry.finetune.strategies import apply_strategy, layer_decay_scale
-from foundry.finetune.workload import predict_logits
+from foundry.finetune.evaluation import predict_logits
 from foundry.train import param_groups
 from foundry.model.store import load_model
 

@@ -234,7 +234,7 @@ def test_two_finetune_processes_equal_one_with_grad_accum_2(tmp_path, protein_mo
 def test_a_diverging_finetune_stops_with_one_line_and_keeps_no_broken_best(tmp_path, protein_model, ss3):
     from foundry.finetune.data import encode_records, read_records
     from foundry.finetune.store import load_finetuned
-    from foundry.finetune.workload import predict_logits
+    from foundry.finetune.evaluation import predict_logits
 
     out = tmp_path / "run"
     result = run_cli(*map(str, _ss3_args(protein_model, ss3, out)), "--max-steps", "8", "--lr", "1e6", "--eval-every", "1", "--save-every", "1")

@@ -16,7 +16,7 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..plugins import get_manager
 from .data import Columns, encode_records, special_layout
-from .workload import predict_logits
+from .evaluation import predict_logits
 from .store import FinetunedModel, load_finetuned
 
 

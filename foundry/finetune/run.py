@@ -38,7 +38,8 @@ from .heads import FinetuneModel
 from .store import load_finetuned, save_finetuned
 from .strategies import apply_strategy, base_transformer, count_trainable
 from .tasks import get_task
-from .workload import FinetuneSettings, FinetuneWorkload, evaluate
+from .evaluation import evaluate
+from .workload import FinetuneSettings, FinetuneWorkload
 
 #: learning rates when none is given: a trunk that trains fully moves less than a fresh head/adapter
 DEFAULT_LR = {"full": 1e-4, "frozen": 1e-3, "lora": 1e-3}
