@@ -165,11 +165,13 @@ def _prepare_command(modality_name: str) -> click.Command:
     @click.option("--tokenizer", "tokenizer_path", type=click.Path(path_type=Path), help="Existing tokenizer or model dir (default: the modality builds one).")
     @click.option("--vocab-size", default=None, type=int, help="For learned vocabularies (BPE).")
     @click.option("--overwrite", is_flag=True, help="Replace a complete dataset at --out (kept until the new one is complete).")
-    def prepare(inputs, out, workers, valid_fraction, tokenizer_path, vocab_size, overwrite):
+    @click.option("--on-decode-error", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+                  help="A file that is not text: stop with its name, line and byte, or leave it out (counted).")
+    def prepare(inputs, out, workers, valid_fraction, tokenizer_path, vocab_size, overwrite, on_decode_error):
         """Tokenize a corpus once into memory-mapped shards for `pretrain --data`."""
         from .prepare_cli import run_prepare
 
-        run_prepare(modality_name, list(inputs), out, workers=workers, valid_fraction=valid_fraction,
+        run_prepare(modality_name, list(inputs), out, workers=workers, valid_fraction=valid_fraction, on_decode_error=on_decode_error,
                     tokenizer_path=tokenizer_path, vocab_size=vocab_size, overwrite=overwrite)
 
     return prepare

@@ -7,7 +7,6 @@ start of the run — fine for the bundled corpora and small experiments).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +116,9 @@ def split_by_id(ids: list[str], valid_fraction: float, max_valid: int) -> tuple[
     """
     if len(ids) < 2:
         raise DataError(f"need at least 2 documents to hold out a validation set, found {len(ids)}")
-    scores = np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "big") / 2**64 for i in ids])
+    from .data.prepare import split_hash  # the rule `prepare` holds out by
+
+    scores = np.array([split_hash(i) / 2**64 for i in ids])
     valid = [i for i in np.argsort(scores, kind="stable") if scores[i] < valid_fraction][:max_valid]
     if not valid:
         valid = [int(np.argmin(scores))]

@@ -65,3 +65,15 @@ def test_pretrain_skips_with_the_flag_and_records_the_policy(corpus, tmp_path, c
     assert code == 0, err
     assert "foundry: skipped 1 of 59 files that are not UTF-8 text" in err and "final val_loss" in stdout
     assert "on_decode_error: skip" in (out / "config.yaml").read_text()
+
+
+def test_prepare_stops_at_the_bad_file_or_skips_and_counts(corpus, tmp_path, capsys):
+    code, _, err = foundry(capsys, "text", "prepare", corpus, "-o", tmp_path / "data", "--vocab-size", 300)
+    assert code == 2 and f"error: {(corpus / BAD).as_posix()}; " in err
+    assert not (tmp_path / "data").exists()
+    code, out, err = foundry(capsys, "text", "prepare", corpus, "-o", tmp_path / "data", "--vocab-size", 300,
+                             "--on-decode-error", "skip")
+    assert code == 0, err
+    assert "foundry: skipped 1 of 59 files that are not UTF-8 text" in err
+    manifest = (tmp_path / "data" / "manifest.json").read_text()
+    assert "f58.txt" not in manifest and "f57.txt" in manifest
