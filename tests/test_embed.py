@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from foundry.cli import main
-from modalities.protein.embed import contact_image, length_batches, safe_names, write_png
+from modalities.protein.embed import contact_picture, length_batches, safe_names, write_png
 from test_convert_esm import ALPHABET, fair_esm_model, save_fair_esm
 
 FASTA = Path(__file__).parent / "data" / "protein" / "some_proteins.fasta"
@@ -142,6 +142,11 @@ def test_safe_names_are_unique():
     assert safe_names(["a|b", "a/b", "A_B", "..", "x y"]) == ["a_b", "a_b__2", "A_B__3", "record", "x_y"]
 
 
+def test_safe_names_keep_the_record_id_as_given():
+    # SCOP ids end with "_": the file must be d1or4a_.npy, not d1or4a.npy
+    assert safe_names(["d1or4a_", "sp|P69905|", ".hidden"]) == ["d1or4a_", "sp_P69905_", "hidden"]
+
+
 def decode_png(path: Path) -> np.ndarray:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -163,8 +168,27 @@ def test_png_writer_round_trip(tmp_path):
     img = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
     write_png(tmp_path / "x.png", img)
     assert np.array_equal(decode_png(tmp_path / "x.png"), img)
-    pic = contact_image(np.eye(4), truth=np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, -1, 1, 0], [0, 0, 1, 1]]), min_side=8)
-    assert pic.shape == (8, 8, 3) and tuple(pic[2, 0]) == (0, 0, 0) and tuple(pic[4, 2]) == (220, 220, 220)
+
+
+def test_contact_picture_has_axes_colour_bar_and_true_contacts():
+    from foundry.images import BLUE, TRUE_COLOR
+
+    n = 40
+    probs = np.full((n, n), 0.25)
+    truth = np.zeros((n, n), dtype=np.int8)
+    truth[30, 2] = truth[2, 30] = truth[35, 10] = truth[10, 35] = 1  # two contacts, each in both triangles
+    truth[20, :] = truth[:, 20] = -1  # a residue without coordinates
+    pic = contact_picture(probs, truth)
+    side = 400  # 10 px per residue
+    assert pic.shape[0] > side and pic.shape[1] > side + 30  # room for the axes and the colour bar
+    red = np.all(pic == TRUE_COLOR, axis=-1)
+    # each true contact of the lower triangle is a hollow 10 px square (36 px), plus the legend's 7x7 swatch
+    assert red.sum() == 2 * 36 + 49
+    # the colour bar runs from the darkest blue (1) down to white (0)
+    rows = np.where(np.all(pic == BLUE.astype(np.uint8), axis=-1).any(axis=1))[0]
+    assert len(rows) >= 1
+    # axis numbers are drawn: the image has black pixels left of the map and below it
+    assert (pic[:, :20] == 0).all(axis=-1).any() and (pic[-20:] == 0).all(axis=-1).any()
 
 
 def test_contacts_equal_fair_esm_for_fasta(tiny, small_fasta, tmp_path, capsys):

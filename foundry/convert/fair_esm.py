@@ -4,8 +4,14 @@ Reads what ``esm.pretrained.load_model_and_alphabet_local`` reads, without execu
 code: ``torch.load(weights_only=True)`` with exactly one class allowed, ``argparse.Namespace``,
 which holds the architecture (``cfg["model"]``) in fairseq-trained checkpoints.
 
-    cfg, state, contact = load_fair_esm("esm2_t6_8M_UR50D.pt")
+    cfg, state, extra = load_fair_esm("esm2_t6_8M_UR50D.pt")
     export_fair_esm(model, "out/esm2_t6_8M_finetuned.pt")   # writes the regression file too
+
+The regression file is part of the format: a logistic regression over every layer's and head's
+attention map. This converter only carries its two tensors (``regression.weight``/``.bias``) to and
+from the trunk's attachment named ``HEAD_ATTACHMENT``; what they mean (the head that reads them)
+is the protein plugin's (``modalities/protein/contact_head.py``). The names below that say
+"contact" are fair-esm's own file and tensor names.
 """
 
 from __future__ import annotations
@@ -51,22 +57,23 @@ WEIGHT_MAP: dict[str, str | None] = {
     "lm_head.dense.bias": "lm_head.dense.bias",
     "lm_head.layer_norm.weight": "lm_head.norm.weight",
     "lm_head.layer_norm.bias": "lm_head.norm.bias",
-    "contact_head.regression.weight": None,  # split off into the contact head state
+    "contact_head.regression.weight": None,  # split off: the attached head's state (see the docstring)
     "contact_head.regression.bias": None,
 }
 
 _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")  # fairseq prefixes fair-esm strips
-_CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
+_CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")  # fair-esm's names
+HEAD_ATTACHMENT = "contact"  # the trunk attachment the regression file's tensors belong to
 ALPHABET_SIZE = 33  # esm.data.Alphabet.from_architecture("ESM-1b")
 
 
 def regression_path(path: Path) -> Path:
-    """Where fair-esm looks for the contact regression weights of ``path``."""
+    """Where fair-esm looks for the regression file of ``path``."""
     return Path(str(Path(path).with_suffix("")) + "-contact-regression.pt")
 
 
 def load_fair_esm(path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    """-> (config, foundry state dict, contact-head state ``{"regression.weight", "regression.bias"}`` or None)."""
+    """-> (config, foundry state dict, the regression file's state ``{"regression.weight", "regression.bias"}`` or None)."""
     path = Path(path)
     data = read_torch(path, allow=[argparse.Namespace])
     if not isinstance(data, dict) or "model" not in data:
@@ -89,28 +96,28 @@ def load_fair_esm(path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str,
         "n_head": arch["heads"], "d_ff": arch["ffn"] or 4 * (arch["dim"] or dim),
         "token_dropout": arch["token_dropout"],
     })
-    contact = {k.split("contact_head.", 1)[1]: state.pop(k) for k in _CONTACT_KEYS if k in state}
+    extra = {k.split("contact_head.", 1)[1]: state.pop(k) for k in _CONTACT_KEYS if k in state}
     reg = regression_path(path)
     if reg.is_file():
         reg_data = read_torch(reg, allow=[argparse.Namespace])
         reg_state = reg_data.get("model") if isinstance(reg_data, dict) else None
         reg_state = as_state_dict(reg_state, reg, "contact regression state dict")
-        contact = {k.split("contact_head.", 1)[-1]: v for k, v in reg_state.items() if k in _CONTACT_KEYS}
-        if len(contact) != 2:
+        extra = {k.split("contact_head.", 1)[-1]: v for k, v in reg_state.items() if k in _CONTACT_KEYS}
+        if len(extra) != 2:
             raise CheckpointError(f"{reg}: expected tensors {', '.join(_CONTACT_KEYS)}")
-    if contact and len(contact) != 2:
-        raise CheckpointError(f"{path}: the contact head needs both {', '.join(_CONTACT_KEYS)}")
+    if extra and len(extra) != 2:
+        raise CheckpointError(f"{path}: the regression head needs both {', '.join(_CONTACT_KEYS)}")
 
     ours = rename(state, WEIGHT_MAP, path, cfg.n_layer)
     check_state_dict(cfg, ours, path, outside_namer(WEIGHT_MAP))
-    if contact:
+    if extra:
         want = (1, cfg.n_layer * cfg.n_head)
-        if tuple(contact["regression.weight"].shape) != want:
+        if tuple(extra["regression.weight"].shape) != want:
             raise CheckpointError(
                 f"{reg if reg.is_file() else path}: tensor 'contact_head.regression.weight' has shape "
-                f"{tuple(contact['regression.weight'].shape)}, expected {want}"
+                f"{tuple(extra['regression.weight'].shape)}, expected {want}"
             )
-    return cfg, ours, contact or None
+    return cfg, ours, extra or None
 
 
 def _architecture(data: dict, path: Path) -> dict:
@@ -150,16 +157,15 @@ def export_fair_esm(model: Transformer, path) -> Path:
 
     fair-esm picks the ESM-2 loader from the file name, so the stem must start with ``esm2``.
     Like real fair-esm checkpoints, ``cfg["model"]`` is an ``argparse.Namespace``: with torch >= 2.6,
-    load it inside ``torch.serialization.safe_globals([argparse.Namespace])``. Without a contact head
-    the regression file holds zeros (fair-esm requires it; contacts are then meaningless).
+    load it inside ``torch.serialization.safe_globals([argparse.Namespace])``. Without an attached head
+    the regression file holds zeros (fair-esm requires it; its predictions are then meaningless).
     """
     path = Path(path)
     cfg = model.config
     _check_exportable(cfg)
     if not path.name.startswith("esm2") or path.suffix != ".pt":
         raise FoundryError(f"{path}: fair-esm only loads ESM-2 files named 'esm2*.pt'; choose such a name")
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("contact_head.")}
-    theirs = invert(state, WEIGHT_MAP)
+    theirs = invert(model.state_dict(), WEIGHT_MAP)  # the trunk only: attachments are not in its state dict
     head_dim = cfg.head_dim
     inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
     for i in range(cfg.n_layer):
@@ -171,8 +177,9 @@ def export_fair_esm(model: Transformer, path) -> Path:
         arch="esm2", encoder_layers=cfg.n_layer, encoder_embed_dim=cfg.d_model, encoder_ffn_embed_dim=cfg.d_ff,
         encoder_attention_heads=cfg.n_head, token_dropout=cfg.token_dropout, max_positions=cfg.max_position - 2,
     )
-    if model.contact_head is not None:
-        head = {f"contact_head.{k}": v.detach().cpu().float() for k, v in model.contact_head.state_dict().items()}
+    attached = model.attachments.get(HEAD_ATTACHMENT)
+    if attached is not None:
+        head = {f"contact_head.{k}": v.detach().cpu().float() for k, v in attached.state_dict().items()}
     else:
         n = cfg.n_layer * cfg.n_head
         head = {"contact_head.regression.weight": torch.zeros(1, n), "contact_head.regression.bias": torch.zeros(1)}

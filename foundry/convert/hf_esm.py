@@ -1,7 +1,9 @@
 """Hugging Face ESM-2 (``EsmForMaskedLM``, ``EsmModel``) <-> foundry.
 
 Only the ESM-2 layout: rotary positions, no embedding LayerNorm (ESM-1b's absolute positions and
-ESMFold's folding trunk are refused with a clear message).
+ESMFold's folding trunk are refused with a clear message). ``EsmForMaskedLM`` files also hold
+``esm.contact_head.regression.*`` (transformers' names): carried as the state of the trunk's
+attachment ``HEAD_ATTACHMENT``, interpreted by the protein plugin (``modalities/protein/contact_head.py``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ WEIGHT_MAP: dict[str, str | None] = {
     "esm.encoder.layer.*.attention.self.rotary_embeddings.inv_freq": None,  # as transformers 5 saves it
     "esm.pooler.dense.weight": None,  # EsmModel(add_pooling_layer=True): not part of the trunk
     "esm.pooler.dense.bias": None,
-    "esm.contact_head.regression.weight": None,  # split off into the contact head state
+    "esm.contact_head.regression.weight": None,  # split off: the attached head's state (see the docstring)
     "esm.contact_head.regression.bias": None,
     "lm_head.dense.weight": "lm_head.dense.weight",
     "lm_head.dense.bias": "lm_head.dense.bias",
@@ -53,6 +55,7 @@ WEIGHT_MAP: dict[str, str | None] = {
     "lm_head.decoder.weight": "lm_head.decoder.weight",  # dropped again when tied
 }
 CONTACT_KEYS = {"esm.contact_head.regression.weight": "regression.weight", "esm.contact_head.regression.bias": "regression.bias"}
+HEAD_ATTACHMENT = "contact"  # the trunk attachment those two tensors belong to
 
 
 def normalize_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,18 +1,17 @@
-"""Task heads on top of the trunk's last hidden states, and ``FinetuneModel`` = trunk + head.
+"""Task heads on top of the trunk's last hidden states, the head registry, and ``FinetuneModel``.
 
     SequenceHead   pool the residues/tokens (mean, <cls>, or the last real token for causal
                    trunks) -> dropout -> Linear -> GELU -> dropout -> Linear(n_out)
     ResidueHead    every token: dropout -> Linear -> GELU -> Linear(n_out)
     PairwiseHead   token embeddings projected to P dims; pair (i, j) -> [a_i * a_j, |a_i - a_j|]
-                   -> Linear(1): symmetric contact logits (B, T, T)
-    AttentionContactLogits
-                   ESM's contact regression (Rao et al. 2020): every layer's and head's attention
-                   map, symmetrized and APC-corrected, -> Linear(L*H, 1): contact logits (B, T, T).
-                   With ``--strategy frozen`` this is exactly ESM's logistic regression on
-                   attention; special and padded positions are zeroed first, as ESM crops them.
+                   -> Linear(1): symmetric pair logits (B, T, T)
 
-A head is rebuilt from ``describe()`` (kind + sizes), which the fine-tuned model directory stores
-next to the head's safetensors.
+A head is rebuilt from ``describe()`` (kind + sizes), which the fine-tuned model directory (and
+a model directory's attachments, ``foundry.model.store``) store next to the head's safetensors.
+``build_head`` finds the kind among the engine's heads, those added with ``register_head``, and
+the heads the registered tasks bring (``Task.heads``): a plugin's head reloads in a fresh process
+without the plugin registering anything else. A head that reads attention maps says so with
+``needs_attention = True``; it then also gets the trunk's (B, L, H, T, T) attention probabilities.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, FoundryError
 
 
 def residue_mask(tokens: torch.Tensor, special_ids) -> torch.Tensor:
@@ -93,52 +92,76 @@ class PairwiseHead(nn.Module):
         return {"kind": self.kind, "d_model": self.d_model, "n_out": self.n_out, "hidden": self.hidden, "dropout": self.p}
 
 
-class AttentionContactLogits(nn.Module):
-    kind = "attention-contact"
-    needs_attention = True
-
-    def __init__(self, n_layer: int, n_head: int, n_out: int = 1):
-        super().__init__()
-        self.n_layer, self.n_head, self.n_out = n_layer, n_head, n_out
-        self.regression = nn.Linear(n_layer * n_head, 1)
-
-    def forward(self, hidden, tokens, real, residues, attentions=None):
-        from ..model.heads import apc, symmetrize
-
-        b, l, h, t, _ = attentions.shape
-        keep = residues.to(attentions.dtype)
-        feats = attentions.reshape(b, l * h, t, t) * (keep[:, :, None] * keep[:, None, :])[:, None]  # (B, C, T, T)
-        feats = apc(symmetrize(feats)).permute(0, 2, 3, 1)  # (B, T, T, C)
-        return self.regression(feats.to(self.regression.weight.dtype)).squeeze(-1)
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n_layer": self.n_layer, "n_head": self.n_head, "n_out": self.n_out}
+#: kind -> head class: the engine's heads and those added with ``register_head``
+HEADS: dict[str, type] = {cls.kind: cls for cls in (SequenceHead, ResidueHead, PairwiseHead)}
 
 
-HEADS = {cls.kind: cls for cls in (SequenceHead, ResidueHead, PairwiseHead, AttentionContactLogits)}
+def register_head(cls: type) -> type:
+    """Add a head class (``kind``, optional ``aliases``, ``describe()``, a constructor taking the
+    description); usable as a decorator. A kind taken by another class is an error naming both."""
+    for kind in (cls.kind, *getattr(cls, "aliases", ())):
+        taken = HEADS.get(kind)
+        if taken is not None and taken is not cls:
+            raise FoundryError(f"head kind {kind!r} is registered twice: by {taken.__module__}.{taken.__qualname__} "
+                               f"and by {cls.__module__}.{cls.__qualname__}")
+    for kind in (cls.kind, *getattr(cls, "aliases", ())):
+        HEADS[kind] = cls
+    return cls
 
 
-def head_for(level: str, d_model: int, n_out: int, pooling: str = "mean", dropout: float = 0.1, *, pair_head: str = "pairwise",
-             n_layer: int = 0, n_head: int = 0) -> nn.Module:
+def unregister_head(kind: str) -> None:
+    if kind not in _BUILTIN:
+        HEADS.pop(kind, None)
+
+
+_BUILTIN = frozenset(HEADS)
+
+
+def _task_heads() -> dict[str, type]:
+    """Heads the registered tasks bring (``Task.heads``), by kind and alias."""
+    from ..plugins import get_manager
+
+    manager, found = get_manager(), {}
+    for name in manager.tasks.names():
+        try:
+            task = manager.task_class(name)
+        except FoundryError:
+            continue  # a task whose module cannot load is reported when it is used, not here
+        for cls in getattr(task, "heads", ()):
+            for kind in (cls.kind, *getattr(cls, "aliases", ())):
+                found.setdefault(kind, cls)
+    return found
+
+
+def head_class(kind: str) -> type:
+    """The head class of ``kind``; unknown kinds are a ``CheckpointError`` listing the known ones."""
+    if kind in HEADS:
+        return HEADS[kind]
+    brought = _task_heads()
+    if kind in brought:
+        return brought[kind]
+    known = sorted({cls.kind for cls in (*HEADS.values(), *brought.values())})
+    raise CheckpointError(f"unknown head kind {kind!r} (known: {', '.join(known)}); is the plugin that brings it installed?")
+
+
+def head_for(level: str, d_model: int, n_out: int, pooling: str = "mean", dropout: float = 0.1, **_ignored) -> nn.Module:
+    """The engine's default head for a task level (a task may build its own: ``Task.build_head``)."""
     if level == "sequence":
         return SequenceHead(d_model, n_out, pooling, dropout=dropout)
     if level == "residue":
         return ResidueHead(d_model, n_out, dropout=dropout)
     if level == "pair":
-        if pair_head == "attention":
-            return AttentionContactLogits(n_layer, n_head, n_out)
         return PairwiseHead(d_model, n_out, dropout=dropout)
     raise ValueError(f"no head for task level {level!r}")
 
 
 def build_head(description: dict[str, Any]) -> nn.Module:
+    """A head rebuilt from its ``describe()``."""
     kwargs = dict(description)
-    kind = kwargs.pop("kind", None)
-    if kind not in HEADS:
-        raise CheckpointError(f"unknown head kind {kind!r} (known: {', '.join(HEADS)})")
+    cls = head_class(kwargs.pop("kind", None))
     if "dropout" in kwargs:
         kwargs["dropout"] = float(kwargs["dropout"])
-    return HEADS[kind](**kwargs)
+    return cls(**kwargs)
 
 
 class FinetuneModel(nn.Module):
@@ -155,3 +178,13 @@ class FinetuneModel(nn.Module):
         out = self.trunk(tokens, attention_mask=real, need_hidden=(self.n_layer,), need_logits=False, need_attention=attention)
         hidden = out.hidden_states[self.n_layer]
         return self.head(hidden, tokens, real, residue_mask(tokens, self.special_ids) & real, out.attentions)
+
+
+def __getattr__(name: str):
+    # TRANSITIONAL: the attention-map head moved to the protein plugin; tests/test_finetune.py
+    # still imports the old name. Delete with that test's import.
+    if name == "AttentionContactLogits":
+        from modalities.protein.contact_head import ContactRegression
+
+        return ContactRegression
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

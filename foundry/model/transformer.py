@@ -17,7 +17,6 @@ import torch.nn as nn
 
 from . import masks
 from .config import ModelConfig
-from .heads import AttentionContactHead
 from .layers import Block, ESMLMHead, make_norm, rope_cos_sin
 
 
@@ -40,7 +39,11 @@ class Transformer(nn.Module):
             self.lm_head: nn.Module | None = ESMLMHead(cfg)
         else:
             self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.contact_head: AttentionContactHead | None = None  # see attach_contact_head
+        # Heads that read the trunk's outputs and travel with it (a modality's head fitted on
+        # attention maps, say): saved beside the trunk by model/store.py, rebuilt through the head
+        # registry. Kept out of the module tree on purpose: the trunk's state dict, parameter
+        # count, optimizer groups and weight converters see the trunk only. See ``attach``.
+        self._attachments: dict[str, nn.Module] = {}
         self.reset_parameters()
 
     # -- init --------------------------------------------------------------------------------
@@ -61,14 +64,39 @@ class Transformer(nn.Module):
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
 
-    def attach_contact_head(self, head: AttentionContactHead | None = None, eos_id: int | None = 2, prepend_bos=True):
-        """Attach (or build) the attention contact head; its weights live under ``contact_head.``."""
-        cfg = self.config
-        head = head or AttentionContactHead(cfg.n_layer, cfg.n_head, eos_id, prepend_bos)
+    # -- attachments -------------------------------------------------------------------------
+
+    @property
+    def attachments(self) -> dict[str, nn.Module]:
+        """name -> attached head (read-only view; use ``attach`` / ``detach``)."""
+        return dict(self._attachments)
+
+    def attach(self, name: str, module: nn.Module) -> nn.Module:
+        """Attach ``module`` under ``name`` (replacing one of that name). It follows the trunk's
+        device, dtype and train/eval mode; ``store.save_model`` writes it as ``<name>_head.safetensors``
+        with its ``describe()``, and ``load_model`` rebuilds it by its ``kind``."""
+        if not callable(getattr(module, "describe", None)):
+            raise TypeError(f"attach({name!r}): the module needs describe() (its kind and sizes) to be saved")
         if self.embed.weight.device.type != "meta":
-            head = head.to(self.embed.weight.device)
-        self.contact_head = head
-        return head
+            module = module.to(self.embed.weight.device)
+        module.train(self.training)
+        self._attachments[name] = module
+        return module
+
+    def detach(self, name: str) -> nn.Module | None:
+        return self._attachments.pop(name, None)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .half() / .cuda() reach the attachments too (they are not submodules)
+        out = super()._apply(fn, *args, **kwargs)
+        for module in self._attachments.values():
+            module._apply(fn, *args, **kwargs)
+        return out
+
+    def train(self, mode: bool = True):
+        for module in getattr(self, "_attachments", {}).values():
+            module.train(mode)
+        return super().train(mode)
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -162,14 +190,6 @@ class Transformer(nn.Module):
             return nn.functional.linear(h, self.embed.weight)
         return self.lm_head(h)
 
-    @torch.no_grad()
-    def predict_contacts(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) tokens -> (B, T', T') contact probabilities through the attached contact head."""
-        if self.contact_head is None:
-            raise RuntimeError("no contact head attached: import one with the fair-esm weights or train one")
-        out = self(tokens, attention_mask=attention_mask, need_attention=True, need_logits=False)
-        return self.contact_head(tokens, out.attentions)
-
     # -- accounting --------------------------------------------------------------------------
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -190,9 +210,25 @@ class Transformer(nn.Module):
         """
         cfg = self.config
         t = seq_len or cfg.max_position
-        n = self.num_parameters(exclude_embeddings=True)
-        if self.contact_head is not None:
-            n -= sum(p.numel() for p in self.contact_head.parameters())
+        n = self.num_parameters(exclude_embeddings=True)  # attachments are not parameters of the trunk
         if cfg.tie_embeddings:
             n += cfg.vocab_size * cfg.d_model
         return 6.0 * n + 12.0 * cfg.n_layer * cfg.d_model * t
+
+    # -- TRANSITIONAL: the contact head moved to the protein plugin (modalities/protein/contact_head.py).
+    # These three delegate to it until foundry/convert/common.py, foundry/convert/hf.py and the
+    # tests that still call them use the plugin's functions; then this block is deleted.
+
+    @property
+    def contact_head(self):
+        return self._attachments.get("contact")
+
+    def attach_contact_head(self, head=None):
+        from modalities.protein.contact_head import attach_contact_head
+
+        return attach_contact_head(self, head)
+
+    def predict_contacts(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        from modalities.protein.contact_head import predict_contacts
+
+        return predict_contacts(self, tokens, attention_mask)

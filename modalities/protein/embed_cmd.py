@@ -2,9 +2,12 @@
 
     foundry protein embed --model esm2_t6_8M.pt proteins.fasta -o emb/ --layers 0,6,-1
     foundry protein contacts --model esm2_t6_8M.pt 1a8o.pdb -o contacts/      # prints P@L/5 etc.
+    foundry protein contacts --model runs/protein/final --fit train_pdbs/    # fit + save a contact head
+    foundry protein contacts --model runs/protein/final test_pdbs/ -o c/     # then use it
 
 ``--model`` takes a foundry model directory, a fair-esm ``.pt`` (its ``-contact-regression.pt``
-beside it gives the contact head) or an HF ESM directory. The work is in ``embed.py``.
+beside it gives the contact head) or an HF ESM directory. The work is in ``embed.py`` and
+``contact_fit.py``.
 """
 
 from __future__ import annotations
@@ -74,21 +77,63 @@ def embed_command(model, batch_tokens, device, dtype, fasta, out, layers, fmt, p
 
 @click.command(name="contacts")
 @_common
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.argument("input_path", metavar="[INPUT]", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (with INPUT).")
 @click.option("--chain", default=None, help="Structure input: author chain id (default: first protein chain).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-def contacts_command(model, batch_tokens, device, dtype, input_path, out, chain, overwrite):
-    """Predicted contact maps (.npy + .png) for FASTA records or PDB/mmCIF chains.
+@click.option("--fit", "fit_path", type=click.Path(path_type=Path),
+              help="Fit the contact head on these PDB/mmCIF files (a file or folder; a handful suffices) and save it "
+                   "in the --model directory (Rao et al. 2020: L1 logistic regression on APC-corrected attention).")
+@click.option("--l1", type=click.FloatRange(min=0), default=None,
+              help="--fit: L1 strength on standardised attention features (default 0.01; larger keeps fewer heads).")
+@click.option("--replace-head", is_flag=True, help="--fit: replace the model's existing contact head.")
+def contacts_command(model, batch_tokens, device, dtype, input_path, out, chain, overwrite, fit_path, l1, replace_head):
+    """Predicted contact maps (.npy + .png) for FASTA records or PDB/mmCIF chains; with --fit,
+    first fit the model's contact head on structures and save it with the model.
 
-    For structures the true contacts (Cβ < 8 Å) are drawn in the lower triangle of the picture
+    For structures the true contacts (Cβ < 8 Å) are marked in the lower triangle of the picture
     and precision at L, L/2, L/5 by separation range is printed and written to metrics.tsv.
     """
     from .embed import contact_inputs, run_contacts
 
-    if out.exists() and not overwrite:
+    if fit_path is None and (l1 is not None or replace_head):
+        raise FoundryError("--l1 and --replace-head apply to --fit")
+    if input_path is None and fit_path is None:
+        raise FoundryError("give INPUT (FASTA or structures) to predict, or --fit STRUCTURES to fit a contact head")
+    if input_path is not None and out is None:
+        raise FoundryError("-o/--out is required with INPUT (the folder for the maps)")
+    if out is not None and input_path is None:
+        raise FoundryError("-o/--out needs INPUT (FASTA or structures) to predict")
+    if out is not None and out.exists() and not overwrite:
         raise FoundryError(f"{out}: already exists (pass --overwrite to replace it)")
-    items = contact_inputs(input_path, chain)
+    items = contact_inputs(input_path, chain) if input_path is not None else []
     pm = _model(model, device, dtype)
-    run_contacts(pm, items, out, batch_tokens, echo=click.echo)
-    click.echo(f"{len(items)} contact maps -> {out}")
+    if fit_path is not None:
+        _fit(pm, model, fit_path, l1, replace_head)
+    if input_path is not None:
+        run_contacts(pm, items, out, batch_tokens, echo=click.echo)
+        click.echo(f"{len(items)} contact maps -> {out}")
+
+
+def _fit(pm, model, fit_path: Path, l1, replace_head: bool) -> None:
+    from foundry.convert import detect_format
+    from foundry.model.store import save_attachment
+
+    from .contact_fit import DEFAULT_L1, fit_contact_head
+    from .contact_head import ATTACHMENT, attach_contact_head, contact_head_of
+    from .structures import read_structures
+
+    directory = Path(pm.source)
+    if detect_format(directory) != "foundry":
+        raise FoundryError(f"--fit saves the contact head with the model, so --model must be a foundry model directory; "
+                           f"{model} is not one (convert it first: foundry protein import {model} -o DIR)")
+    if contact_head_of(pm.model) is not None and not replace_head:
+        raise FoundryError(f"{directory}: the model already has a contact head; pass --replace-head to fit a new one")
+    structures = list(read_structures(fit_path))
+    head, report = fit_contact_head(pm, structures, DEFAULT_L1 if l1 is None else l1)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    path = save_attachment(directory, ATTACHMENT, head)
+    attach_contact_head(pm.model, head)
+    click.echo(f"fitted a contact head on {report.n_structures} structures ({report.n_pairs} residue pairs, "
+               f"{report.n_contacts} contacts): {report.n_selected} of {report.n_features} attention maps kept -> {path}")

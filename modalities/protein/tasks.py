@@ -3,7 +3,8 @@
     variant-effect   one score per mutant of a wild type     pooled embedding -> MLP -> 1
                      (a table with a mutation column: A24G, A24G:T50S)
     contact          residue pairs in contact                 pairwise head on token embeddings, or
-                     ("3-17;5-40", 1-based)                   ESM's regression on APC-corrected attention
+                     (PDB/mmCIF files or folders: Cβ–Cβ       ESM's regression on APC-corrected attention
+                     < 8 Å; or tables "3-17;5-40", 1-based)   (contact_head.py)
 
 The wild type and the mutation strings go through this plugin's one reader and one parser, the
 ones ``protein score-variants`` uses; precision at L/5 is this plugin's one implementation, the
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from foundry.errors import DataError
 from foundry.finetune.data import Record, is_table, read_table, table_column
 from foundry.finetune.tasks import IGNORE, LabelInfo, SequenceRegression, Task, TaskOption
+
+from .contact_head import ContactRegression
 
 MUTATION_COLUMNS = ("mutation", "mutations", "mutant", "variant")
 
@@ -64,14 +67,17 @@ class VariantEffect(SequenceRegression):
 
 
 class Contact(Task):
-    """Residue-residue contacts. Label: the contacting pairs, 1-based, ``"3-17;5-40"``; every other
-    pair with sequence separation >= ``min_separation`` is a negative. Metric: long-range
+    """Residue-residue contacts. Input: PDB/mmCIF files, or folders of them (one example per
+    chain, labels from ``structures.py``: Cβ–Cβ < 8 Å, residues without coordinates unlabelled),
+    or tables whose label is the contacting pairs, 1-based, ``"3-17;5-40"`` (every other pair is a
+    negative). Pairs closer than ``min_separation`` in sequence are not scored. Metric: long-range
     precision at L/5 (|i-j| >= 24), as ESM reports it."""
 
     name = "contact"
     level = "pair"
     default_metric = "p_at_l5_long"
     min_separation = 6
+    heads = (ContactRegression,)  # found by the head registry when a saved model reloads
     options = (TaskOption("contact_head", str, "pairwise",
                           "pairwise (a head on token embeddings) or attention (ESM's regression on APC-corrected attention maps)"),)
 
@@ -82,8 +88,18 @@ class Contact(Task):
     def build_head(self, trunk_config, n_outputs, *, pooling, dropout):
         from foundry.finetune.heads import head_for
 
-        return head_for("pair", trunk_config.d_model, n_outputs, dropout=dropout, pair_head=self.values["contact_head"],
-                        n_layer=trunk_config.n_layer, n_head=trunk_config.n_head)
+        if self.values["contact_head"] == "attention":
+            return ContactRegression(trunk_config.n_layer, trunk_config.n_head, n_outputs)
+        return head_for("pair", trunk_config.d_model, n_outputs, dropout=dropout)
+
+    def read_split(self, path: Path, labels_path, columns, readers, labelled: bool = True) -> list[Record]:
+        from .structures import is_structure_file
+
+        if Path(path).is_dir() or is_structure_file(path):
+            if labels_path is not None:
+                raise DataError(f"{labels_path}: structures carry their own contacts; drop the labels file")
+            return structure_records(path, labelled)
+        return super().read_split(path, labels_path, columns, readers, labelled)
 
     def fit(self, labels, where):
         return LabelInfo(["contact"])
@@ -92,6 +108,12 @@ class Contact(Task):
         return 1
 
     def encode(self, raw, n_residues, where, info):
+        if isinstance(raw, np.ndarray):  # from a structure: 1 / 0 / -1 unknown
+            if raw.shape != (n_residues, n_residues):
+                raise DataError(f"{where}: the contact map is {raw.shape[0]} residues but the sequence has {n_residues}")
+            target = raw.astype(np.float32)
+            target[raw < 0] = IGNORE
+            return self._ignore_near(target)
         target = np.zeros((n_residues, n_residues), dtype=np.float32)
         for part in filter(None, (p.strip() for p in raw.replace(",", ";").split(";"))):
             try:
@@ -101,8 +123,11 @@ class Contact(Task):
             if not (1 <= i <= n_residues and 1 <= j <= n_residues):
                 raise DataError(f"{where}: contact {part!r} is outside the sequence (1..{n_residues})")
             target[i - 1, j - 1] = target[j - 1, i - 1] = 1.0
-        near = np.abs(np.subtract.outer(np.arange(n_residues), np.arange(n_residues))) < self.min_separation
-        target[near] = IGNORE
+        return self._ignore_near(target)
+
+    def _ignore_near(self, target: np.ndarray) -> np.ndarray:
+        n = target.shape[0]
+        target[np.abs(np.subtract.outer(np.arange(n), np.arange(n))) < self.min_separation] = IGNORE
         return target
 
     def loss(self, logits, targets, info):
@@ -125,6 +150,17 @@ class Contact(Task):
         i, j = np.triu_indices(n, self.min_separation)
         order = np.argsort(-probs[i, j])[: max(1, n // 5)]
         return {"prediction": ";".join(f"{i[k] + 1}-{j[k] + 1}" for k in order)}
+
+
+def structure_records(path: Path, labelled: bool = True) -> list[Record]:
+    """One record per structure file (its first protein chain): sequence and contact map."""
+    from .structures import read_structures
+
+    records = []
+    for labels in read_structures(path):
+        where = f"{labels.path}: chain {labels.chain}"
+        records.append(Record(labels.name, labels.sequence, labels.contacts if labelled else None, where))
+    return records
 
 
 PROTEIN_TASKS = (VariantEffect, Contact)
