@@ -113,7 +113,9 @@ class FinetuneSection:
     id_column: str = "id"
     task_options: dict[str, Any] = field(default_factory=dict)  # the task's own options, e.g. {wildtype: WT.fasta}
     max_len: int = 1024  # tokens per sequence
-    batch_size: int = 16  # sequences per micro-batch
+    batch_size: int = 16  # sequences per micro-batch (unless batch_tokens is given)
+    #: padded tokens per micro-batch (rows x longest), batched by similar lengths; None = batch_size rows
+    batch_tokens: int | None = None
     epochs: int = 10  # passes over the training split, unless train.max_steps is given
     warmup_fraction: float = 0.06  # share of the steps spent warming up, unless train.warmup_steps is given
     strategy: Literal["full", "frozen", "lora"] = "full"
@@ -224,6 +226,7 @@ RANGES: dict[str, Range] = {
     "train.keep_checkpoints": Range(1, why="checkpoints kept on disk"),
     "finetune.max_len": Range(3, why="tokens per sequence, special tokens included"),
     "finetune.batch_size": Range(1),
+    "finetune.batch_tokens": Range(1, why="padded tokens per micro-batch, rows x longest; null = finetune.batch_size rows"),
     "finetune.epochs": Range(1),
     "finetune.warmup_fraction": Range(0, 1, high_open=True),
     "finetune.lora_rank": Range(1),

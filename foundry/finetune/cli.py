@@ -28,7 +28,7 @@ FLAG_KEYS = {
     "pooling": "finetune.pooling", "dropout": "finetune.dropout", "weight_decay": "train.weight_decay", "metric": "finetune.metric",
     "patience": "train.patience", "eval_every": "train.eval_every", "save_every": "train.save_every", "l2sp": "finetune.l2sp",
     "replay": "finetune.replay", "forgetting_docs": "finetune.forgetting_docs", "seed": "train.seed", "tokenizer": "finetune.tokenizer",
-    "grad_accum": "train.grad_accum", "mixed_precision": "train.mixed_precision",
+    "grad_accum": "train.grad_accum", "mixed_precision": "train.mixed_precision", "batch_tokens": "finetune.batch_tokens",
 }
 
 
@@ -125,6 +125,8 @@ def finetune_command(modality_name: str, help_text: str = "", *, levels: Sequenc
         click.option("--epochs", type=int, help="Passes over the training split [10]."),
         click.option("--max-steps", type=int, help="Optimizer steps (overrides --epochs)."),
         click.option("--batch-size", type=int, help="Sequences per micro-batch [16]."),
+        click.option("--batch-tokens", type=int, help="Instead of --batch-size: padded tokens per micro-batch (rows x longest), "
+                     "sequences of similar length batched together; a longer sequence gets a batch of its own."),
         click.option("--grad-accum", type=int, help="Micro-batches per optimizer step [1]."),
         click.option("--max-len", type=int, help="Tokens per sequence [1024]."),
         click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), help="Sequence tasks (default: last token for causal trunks, else mean)."),

@@ -267,15 +267,66 @@ def collate(examples: list[Example], index: list[int], pad_id: int, level: str) 
     return Batch(tokens, targets, index)
 
 
-def batches(examples: list[Example], batch_size: int, pad_id: int, level: str, *, seed: int | None = None, epoch: int = 0) -> list[Batch]:
-    """Training (``seed`` given): a per-epoch shuffle drawn from (seed, epoch). Evaluation: sorted
-    by length (less padding), predictions are put back in input order by ``Batch.index``."""
-    if seed is not None:
-        order = np.random.default_rng([seed, epoch]).permutation(len(examples)).tolist()
-    else:
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
-    out = []
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        out.append(collate([examples[i] for i in idx], idx, pad_id, level))
-    return out
+#: batches' worth of examples sorted together: enough that neighbours have similar lengths, few
+#: enough that each epoch still mixes examples into new batches
+BUCKET_BATCHES = 100
+
+
+def batch_plan(lengths: Sequence[int], *, batch_size: int = 16, batch_tokens: int | None = None, seed: int | None = None,
+               epoch: int = 0) -> list[list[int]]:
+    """Which examples make each batch (indices into ``lengths``, the examples' token counts).
+
+    ``batch_tokens`` None: ``batch_size`` rows per batch. Else a token budget: a batch holds as many
+    rows as fit ``rows * longest <= batch_tokens`` (what a padded batch costs); an example longer
+    than the budget gets a batch of its own.
+
+    Training (``seed`` given) is drawn from (seed, epoch) alone, so every process computes the same
+    plan and a resumed run the plan it left. Rows are a per-epoch shuffle; with a budget, the shuffle
+    is cut into chunks of about ``BUCKET_BATCHES`` batches, each chunk sorted by length and cut into
+    batches (members of a batch have similar lengths: little padding), and the batches are shuffled
+    again (no run of short batches, then long ones). Evaluation (``seed`` None): sorted by length."""
+    if seed is None:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        return _cut(order, lengths, batch_size, batch_tokens)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)).tolist()
+    if batch_tokens is None:
+        return _cut(order, lengths, batch_size, None)
+    plan: list[list[int]] = []
+    for chunk in _chunks(order, lengths, BUCKET_BATCHES * batch_tokens):
+        plan += _cut(sorted(chunk, key=lambda i: lengths[i]), lengths, batch_size, batch_tokens)  # stable: ties keep the shuffle
+    return [plan[i] for i in rng.permutation(len(plan))]
+
+
+def _chunks(order: list[int], lengths: Sequence[int], tokens: int) -> list[list[int]]:
+    chunks, current, total = [], [], 0
+    for i in order:
+        current.append(i)
+        total += lengths[i]
+        if total >= tokens:
+            chunks.append(current)
+            current, total = [], 0
+    return chunks + [current] if current else chunks
+
+
+def _cut(order: list[int], lengths: Sequence[int], batch_size: int, batch_tokens: int | None) -> list[list[int]]:
+    """Consecutive runs of ``order``: ``batch_size`` rows, or within ``batch_tokens`` padded tokens."""
+    if batch_tokens is None:
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    plan, current, longest = [], [], 0
+    for i in order:
+        wider = max(longest, lengths[i])
+        if current and wider * (len(current) + 1) > batch_tokens:
+            plan.append(current)
+            current, wider = [], lengths[i]
+        current.append(i)
+        longest = wider
+    return plan + [current] if current else plan
+
+
+def batches(examples: list[Example], batch_size: int, pad_id: int, level: str, *, seed: int | None = None, epoch: int = 0,
+            batch_tokens: int | None = None) -> list[Batch]:
+    """The collated batches of ``batch_plan`` (training with ``seed``, else evaluation order);
+    predictions go back to input order by ``Batch.index``."""
+    plan = batch_plan([len(e.tokens) for e in examples], batch_size=batch_size, batch_tokens=batch_tokens, seed=seed, epoch=epoch)
+    return [collate([examples[i] for i in idx], idx, pad_id, level) for idx in plan]

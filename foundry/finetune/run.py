@@ -32,7 +32,7 @@ from ..metrics import MetricsLog
 from ..plugins import get_manager
 from ..rundir import check_fresh, clean_leftovers, clear_unfinished, has_checkpoint, locked
 from ..train import run_training
-from .data import Columns, encode_records
+from .data import Columns, batch_plan, encode_records
 from .forgetting import forgetting_tools
 from .heads import FinetuneModel
 from .store import load_finetuned, save_finetuned
@@ -75,12 +75,14 @@ def _freeze_lm_head(trunk) -> None:
         lm_head.requires_grad_(False)
 
 
-def resolve_schedule(cfg: RunConfig, explicit: set[str], train_examples: int) -> None:
+def resolve_schedule(cfg: RunConfig, explicit: set[str], train_lengths: list[int]) -> None:
     """Fill what the user left to the data: steps from epochs, warm-up from its fraction, an
     evaluation (and checkpoint) every epoch, the learning rate of the strategy. In place; the
-    result is what ``config.yaml`` records, so a resume or a rerun uses the same numbers."""
+    result is what ``config.yaml`` records, so a resume or a rerun uses the same numbers.
+    ``train_lengths``: the training examples' token counts (a token budget's batches depend on them)."""
     f, t = cfg.finetune, cfg.train
-    per_epoch = math.ceil(train_examples / (f.batch_size * t.grad_accum))
+    batches = batch_plan(train_lengths, batch_size=f.batch_size, batch_tokens=f.batch_tokens, seed=t.seed, epoch=0)
+    per_epoch = math.ceil(len(batches) / t.grad_accum)
     if "train.max_steps" not in explicit:
         t.max_steps = max(1, f.epochs * per_epoch)
     if "train.warmup_steps" not in explicit:
@@ -115,7 +117,7 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
     labels = task.fit([r.label for r in records["train"]], [r.where for r in records["train"]])
     examples = {k: encode_records(v, tokenizer, task, labels, f.max_len) for k, v in records.items()}
     if checkpoint is None:
-        resolve_schedule(cfg, explicit, len(examples["train"]))
+        resolve_schedule(cfg, explicit, [len(e.tokens) for e in examples["train"]])
     torch.manual_seed(cfg.train.seed)
     head = task.build_head(trunk.config, task.n_outputs(labels), pooling=f.pooling, dropout=f.dropout)
     probe, replay = forgetting_tools(modality, readers, tokenizer, cfg, pretrained=cfg.model.init_from is not None)
@@ -137,7 +139,7 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
         m.load_state_dict(load(directory).model.state_dict())
 
     metric = f.metric or task.default_metric
-    settings = FinetuneSettings(f.batch_size, cfg.train.weight_decay, f.layer_decay, f.l2sp, f.replay, f.strategy, metric)
+    settings = FinetuneSettings(f.batch_size, cfg.train.weight_decay, f.layer_decay, f.l2sp, f.replay, f.strategy, metric, f.batch_tokens)
     workload = FinetuneWorkload(model, task, labels, examples["train"], examples["valid"], tokenizer.pad_id, settings, cfg.train.seed,
                                 save, restore, replay)
     with locked(out, enabled=main_process):

@@ -1,7 +1,8 @@
 """Fine-tuning as a ``Workload`` of the one loop (``foundry.train``): labelled example batches,
 the task's loss (+ replayed pretraining loss, + L2-SP), the task's metrics on the validation split.
 
-Batches come from ``ExampleStream``: a per-epoch shuffle drawn from (seed, epoch), so its whole
+Batches come from ``ExampleStream``: a per-epoch plan drawn from (seed, epoch) (a shuffle cut into
+``batch_size`` rows, or into ``batch_tokens`` padded tokens with length bucketing), so its whole
 state is (epoch, batch position) and a resumed run sees exactly the batches it would have seen.
 With several processes each takes its own share of every round of batches.
 """
@@ -17,7 +18,7 @@ import torch
 
 from ..train import StepLoss, param_groups
 from . import metrics as M
-from .data import Batch, Example, batches
+from .data import Batch, Example, batch_plan, collate
 from .evaluation import evaluate, predict_logits  # noqa: F401  (moved; kept importable from here)
 from .heads import FinetuneModel
 from .strategies import L2SP, layer_decay_scale
@@ -25,41 +26,50 @@ from .tasks import LabelInfo, Task
 
 
 class ExampleStream:
-    """Endless training batches over ``examples``, epoch after epoch."""
+    """Endless training batches over ``examples``, epoch after epoch.
 
-    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, level: str, seed: int):
+    Each epoch's plan (``batch_plan``: ``batch_size`` rows, or ``batch_tokens`` padded tokens per
+    batch with length bucketing) is drawn from (seed, epoch) alone, so (epoch, position) is the
+    whole state and every process computes the same plan. Batches are collated as they are taken:
+    an epoch of per-pair targets would not fit in memory at once."""
+
+    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, level: str, seed: int, batch_tokens: int | None = None):
         if not examples:
             raise ValueError("no training examples")
         self.examples, self.batch_size, self.pad_id, self.level, self.seed = examples, batch_size, pad_id, level, seed
+        self.batch_tokens = batch_tokens
+        self.lengths = [len(e.tokens) for e in examples]
         self.epoch, self.position = 0, 0
-        self._epoch_batches: list[Batch] | None = None
+        self._plan: list[list[int]] | None = None
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        """The batches of ``epoch``, as lists of example indices."""
+        return batch_plan(self.lengths, batch_size=self.batch_size, batch_tokens=self.batch_tokens, seed=self.seed, epoch=epoch)
 
     @property
     def batches_per_epoch(self) -> int:
-        return -(-len(self.examples) // self.batch_size)
+        """Batches in the first epoch (with a token budget later epochs may differ by a few)."""
+        return len(self.plan(0))
 
-    def _next(self) -> Batch:
-        if self._epoch_batches is None:
-            self._epoch_batches = batches(self.examples, self.batch_size, self.pad_id, self.level, seed=self.seed, epoch=self.epoch)
-        batch = self._epoch_batches[self.position]
+    def _take(self) -> list[int]:
+        if self._plan is None:
+            self._plan = self.plan(self.epoch)
+        index = self._plan[self.position]
         self.position += 1
-        if self.position == len(self._epoch_batches):
-            self.epoch, self.position, self._epoch_batches = self.epoch + 1, 0, None
-        return batch
+        if self.position == len(self._plan):
+            self.epoch, self.position, self._plan = self.epoch + 1, 0, None
+        return index
 
     def next_for_rank(self, rank: int, world: int) -> Batch:
-        mine = None
-        for r in range(world):
-            batch = self._next()
-            if r == rank:
-                mine = batch
-        return mine
+        """This process's batch of the next round of ``world`` batches (each process its own)."""
+        mine = [self._take() for _ in range(world)][rank]
+        return collate([self.examples[i] for i in mine], mine, self.pad_id, self.level)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position, self._epoch_batches = int(state["epoch"]), int(state["position"]), None
+        self.epoch, self.position, self._plan = int(state["epoch"]), int(state["position"]), None
 
 
 @dataclass
@@ -73,6 +83,7 @@ class FinetuneSettings:
     replay: float
     strategy: str
     metric: str
+    batch_tokens: int | None = None  # a token budget per micro-batch instead of batch_size rows
 
 
 class FinetuneWorkload:
@@ -83,7 +94,7 @@ class FinetuneWorkload:
         self.settings, self._save, self._restore, self.replay = settings, save_model, restore_model, replay
         self.metric = settings.metric
         self.higher_is_better = self.metric not in M.LOWER_IS_BETTER
-        self.stream = ExampleStream(train, settings.batch_size, pad_id, task.level, seed)
+        self.stream = ExampleStream(train, settings.batch_size, pad_id, task.level, seed, settings.batch_tokens)
         self.l2sp = L2SP(model, settings.l2sp) if settings.l2sp > 0 else None
         self.replay_weight = settings.replay if replay is not None else 0.0
 
