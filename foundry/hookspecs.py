@@ -74,8 +74,8 @@ def register_tasks(register):
 
     ``register(cls)`` (or ``register(name, "module:Class")``) adds a fine-tuning task, a subclass
     of ``foundry.finetune.tasks.Task``: label parsing, how a split is read, head, loss, metrics,
-    prediction columns and its own options. A modality offers it by listing its name in the
-    ``finetune_command(modality, tasks)`` it adds to its command group.
+    prediction columns and its own options. ``foundry MODALITY finetune`` offers it when its
+    ``modalities`` (None: all) admits the modality.
     """
 
 

@@ -177,5 +177,5 @@ def test_an_imported_checkpoint_with_nan_is_refused_by_the_loader(tmp_path):
     with torch.no_grad():
         ref.embed_tokens.weight[4, 0] = float("nan")
     pt = save_fair_esm(ref, tmp_path / "esm2_t1_tiny.pt")
-    with pytest.raises(CheckpointError, match=r"esm2_t1_tiny.pt: tensor 'embed.weight' holds NaN or infinite values \(1 of "):
+    with pytest.raises(CheckpointError, match=r"esm2_t1_tiny.pt: tensor 'embed_tokens.weight' holds NaN or infinite values \(1 of "):
         load_for_modality(pt, get_manager().modality("protein"))

@@ -45,13 +45,9 @@ def _is_zip(path: Path) -> bool:
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from ..weights import read_safetensors as read
 
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    return read(path)[0]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -146,7 +142,10 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
 
 
 def check_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], path: Path, source_name: Callable[[str], str] = str):
-    """Every tensor the trunk needs is present with the right shape, and nothing else."""
+    """Every tensor the trunk needs is present with the right shape and a finite floating-point
+    dtype, and nothing else; messages use the source format's tensor names."""
+    from ..weights import check_tensor
+
     shapes = expected_shapes(cfg)
     missing = [k for k in shapes if k not in state]
     if missing:
@@ -163,6 +162,7 @@ def check_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], path: Pat
                 f"{path}: tensor {source_name(key)!r} has shape {tuple(state[key].shape)}, "
                 f"expected {tuple(shape)} for this config"
             )
+        check_tensor(state[key], path, source_name(key))
 
 
 def require(config: dict[str, Any], key: str, path: Path, default: Any = ...) -> Any:
