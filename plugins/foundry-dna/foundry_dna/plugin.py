@@ -31,6 +31,15 @@ def read_fasta(path: Path) -> Iterator[Document]:
             raise DataError(f"{path}: no FASTA records")
 
 
+FINETUNE_HELP = """Fine-tune a DNA language model on labelled sequences (or train --model from scratch).
+
+\b
+Tables: CSV/TSV with `sequence` and `label` columns (optional `id`), or FASTA (.fna) + --train-labels.
+sequence-regression / -classification: one label per sequence (e.g. promoter / background).
+residue-classification: a label string as long as the sequence ('.' = unlabelled), e.g. exon/intron.
+"""
+
+
 @hookimpl
 def register_tokenizers(register):
     register("dna", DnaTokenizer)
@@ -54,5 +63,11 @@ def register_modalities(register):
 @hookimpl
 def register_commands(cli):
     from foundry.cli_common import modality_group
+    from foundry.finetune.cli import finetune_command, predict_command
 
-    cli.add_command(modality_group("dna", "Pretrain DNA language models (an example third-party modality)."))
+    group = modality_group("dna", "Pretrain and fine-tune DNA language models (an example third-party modality).")
+    # The engine's generic tasks (sequence-regression/-classification, residue-classification) and any
+    # task another plugin registers for "dna" or for every modality: nothing DNA-specific to write.
+    group.add_command(finetune_command("dna", FINETUNE_HELP))
+    group.add_command(predict_command("dna"))
+    cli.add_command(group)
