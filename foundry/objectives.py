@@ -183,6 +183,10 @@ class FillInTheMiddle(CausalLM):
         from .fim import fim_sentinels
 
         self.sentinels = fim_sentinels(self.tokenizer) if self.settings.fim_rate > 0 else None
+        if self.sentinels is None:
+            # The tokenizer has no sentinels (fim_sentinels said so): record what the run really
+            # does, so the saved config.yaml does not claim a FIM rate.
+            self.settings.fim_rate = 0.0
 
     def corrupt(self, tokens, document_ids, generator, train):
         if train and self.sentinels is not None:

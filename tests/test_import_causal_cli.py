@@ -80,3 +80,4 @@ def test_gpt2_continues_code_pretraining_with_the_default_fim_rate(tmp_path):
                      "--set", "data.valid_fraction=0.2", "--quiet")
     assert "objective.fim_rate is not applied: the tokenizer has no fill-in-the-middle tokens" in result.stderr
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert "fim_rate: 0.0" in (tmp_path / "run" / "config.yaml").read_text()  # the config says what the run did
