@@ -108,6 +108,9 @@ class FinetuneSection:
     train_labels: str | None = None
     valid_labels: str | None = None
     test_labels: str | None = None
+    train_mask: str | None = None  # FLIP-style mask FASTA: per residue 0 = ignore its label, 1 = use
+    valid_mask: str | None = None
+    test_mask: str | None = None
     sequence_column: str = "sequence"
     label_column: str = "label"
     id_column: str = "id"

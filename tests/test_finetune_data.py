@@ -263,3 +263,57 @@ def test_long_sequences_are_counted_for_the_prediction_warning():
         "warning: 1 of 2 sequences are longer than the model's window of 10 residues (max_len 12 tokens); their predicted "
         "state strings stop there, shorter than the sequences (20 residues left out; longest: 'long', 30 residues)")
     assert truncation_note(examples[1:], 10, 12, "residue") is None
+
+
+# -- FLIP's files as they come: sequences + labels FASTA with SET= + mask FASTA -----------------
+
+FLIP = DATA / "flip_ss3"
+
+
+def flip(split, mask=True):
+    return read_records(FLIP / "sequences.fasta", readers=fasta_readers(), labels_path=FLIP / "sampled.fasta",
+                        mask_path=FLIP / "mask.fasta" if mask else None, split=split)
+
+
+def test_flip_files_read_directly_split_by_set_and_validation():
+    train, valid, test = flip("train"), flip("valid"), flip("test")
+    assert [len(train), len(valid), len(test)] == [6, 3, 3]
+    assert not {r.id for r in train} & {r.id for r in valid} | {r.id for r in train} & {r.id for r in test}
+    assert [r.id for r in valid] == ["5msm-F", "3htu-C", "5b52-B"] and [r.id for r in test] == ["6o41-O", "6o5k-B", "6o6d-A"]
+    assert len(flip(None, mask=False)) == 12  # no split named: every labelled record, as before
+
+
+def test_flip_mask_blanks_the_labels_of_unresolved_residues():
+    raw, masked = flip("train", mask=False)[0], flip("train")[0]
+    # mask 0000111…1110: the first four residues and the last are unresolved
+    assert raw.label[:5] == "CCCCC" and masked.label[:5] == "....C" and masked.label[-1] == "." and masked.label[-2] == raw.label[-2]
+    assert len(masked.label) == len(masked.sequence)
+    task = get_task("residue-classification")
+    info = task.fit([r.label for r in flip("train")], [r.where for r in flip("train")])
+    target = encode_records([masked], TOK, task, info, max_len=1024)[0].target
+    assert (target[1:5] == IGNORE).all() and target[5] != IGNORE  # token i + 1 = residue i; ignored, not a class
+
+
+def test_flip_mask_and_split_errors_name_file_and_record(tmp_path):
+    seqs = write(tmp_path, "s.fasta", ">a\nMKV\n>b\nMKL\n")
+    labels = write(tmp_path, "l.fasta", ">a SET=train VALIDATION=False\nHHE\n>b SET=train VALIDATION=False\nCCE\n")
+    with pytest.raises(DataError, match=r"l\.fasta: no record of the test split \(SET=test in the '>id' header\) among the sequences"):
+        read_records(seqs, readers=fasta_readers(), labels_path=labels, split="test")
+    short = write(tmp_path, "m.fasta", ">a\n11\n>b\n111\n")
+    with pytest.raises(DataError, match=r"m\.fasta: record 'a': mask of 2 residues for a label of 3"):
+        read_records(seqs, readers=fasta_readers(), labels_path=labels, mask_path=short)
+    odd = write(tmp_path, "n.fasta", ">a\n1x1\n>b\n111\n")
+    with pytest.raises(DataError, match=r"n\.fasta: record 'a': mask character 'x' \(expected 0 = ignore, 1 = use\)"):
+        read_records(seqs, readers=fasta_readers(), labels_path=labels, mask_path=odd)
+    partial = write(tmp_path, "p.fasta", ">a\n111\n")
+    with pytest.raises(DataError, match=r"s\.fasta: record 2 'b': no mask for this id in .*p\.fasta"):
+        read_records(seqs, readers=fasta_readers(), labels_path=labels, mask_path=partial)
+    twice = write(tmp_path, "t.fasta", ">a\nHHE\n>a\nCCE\n")
+    with pytest.raises(DataError, match=r"t\.fasta: line 3: id 'a' appears twice"):
+        read_records(seqs, readers=fasta_readers(), labels_path=twice)
+
+
+def test_a_spreadsheet_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_bytes("\ufeffsequence,label\nMKV,1\n".encode("utf-8"))
+    assert [(r.sequence, r.label) for r in read_records(table)] == [("MKV", "1")]

@@ -50,8 +50,13 @@ def test_a_value_that_is_neither_a_file_nor_a_sequence_is_refused(value, message
 def test_bad_files_name_the_file(tmp_path):
     two = tmp_path / "two.fasta"
     two.write_text(">a\nMKT\n>b\nMKV\n")
-    with pytest.raises(DataError, match=r"two\.fasta: 2 FASTA records; --wildtype needs a file with exactly one"):
+    with pytest.raises(DataError, match=r"two\.fasta: 2 FASTA records; choose the wild type with --wildtype-id ID \(records: a, b\)"):
         read_wildtype(str(two))
+    assert read_wildtype(str(two), record_id="b") == "MKV"
+    with pytest.raises(DataError, match=r"two\.fasta: no record 'c' \(--wildtype-id\); its records: a, b"):
+        read_wildtype(str(two), record_id="c")
+    with pytest.raises(DataError, match=r"--wildtype-id a: applies to a FASTA file, but --wildtype MKT is not a file"):
+        read_wildtype("MKT", record_id="a")
     gapped = tmp_path / "aligned.txt"
     gapped.write_text("MKT..AY\n")
     with pytest.raises(DataError, match=r"aligned\.txt: '\.' at position 4 of the wild type is not an amino-acid letter"):

@@ -174,6 +174,82 @@ def test_score_variants_wrong_offset_is_one_line_error(tiny, tmp_path, capsys):
     table.write_text("mutant,score\nG1A,0.5\nK3D,0.1\n")
     code, _, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, table, "--device", "cpu")
     assert code == 2 and err.count("\n") == 1
-    assert f"{table}: line 3: mutation K3D: position 3 expects wild-type K but the sequence has I there (--offset 1; is it right?)" in err
+    assert f"{table}: line 3: mutation K3D: position 3 expects wild-type K but the sequence has I there (--wildtype-start 1; is it right?)" in err
     code, _, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, table, "--mutation-column", "variant")
-    assert code == 2 and "no column 'variant'" in err
+    assert code == 2 and "no mutation column 'variant'; the columns are: mutant, score (choose one with --mutation-column)" in err
+
+
+def test_zero_based_tables_with_wildtype_start_0(tiny, tmp_path, capsys):
+    _, path = tiny
+    table = tmp_path / "dms.csv"
+    table.write_text("mutant\nG0A\nI2A\n")  # 0-based: G0 is the first residue, I2 the third
+    code, out, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, table, "--wildtype-start", 0, "--device", "cpu")
+    assert code == 0, err
+    assert [r.split(",")[0] for r in out.splitlines()] == ["mutant", "G0A", "I2A"] and "2 variants scored" in err
+
+
+def test_skip_invalid_leaves_bad_rows_blank_counted_and_named(tiny, tmp_path, capsys):
+    _, path = tiny
+    table = tmp_path / "dms.csv"
+    rows = ["G1A", "N2*", "N2N", "K3D", "I3A", "Q4", "G1A:I3V", "N2D"]  # nonsense, synonymous, wrong letter, malformed
+    table.write_text("mutant,fitness\n" + "".join(f"{r},{i}\n" for i, r in enumerate(rows)))
+    code, _, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, table, "--device", "cpu")
+    assert code == 2 and "line 5: mutation K3D: position 3 expects wild-type K" in err  # default: the first bad row
+    out = tmp_path / "scored.csv"
+    code, _, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, table, "--device", "cpu",
+                        "--skip-invalid", "-o", out)
+    assert code == 0, err
+    scored = {r.split(",")[0]: r.split(",")[2] for r in out.read_text().splitlines()[1:]}
+    assert list(scored) == rows  # every row kept, in order
+    assert {m for m, s in scored.items() if not s} == {"N2*", "K3D", "Q4"}
+    assert float(scored["N2N"]) == 0.0  # synonymous: the wild type
+    assert "5 variants scored (masked-marginals); 1 nonsense variants (stop '*') left blank" in err
+    assert (f"{table}: skipped 2 of 8 rows (--skip-invalid): line 5: mutation K3D: position 3 expects wild-type K "
+            "but the sequence has I there (--wildtype-start 1; is it right?); line 7: cannot read mutation 'Q4'") in err
+
+
+def test_skip_invalid_refuses_a_table_that_is_mostly_invalid(tiny, tmp_path, capsys):
+    _, path = tiny
+    table = tmp_path / "dms.csv"
+    table.write_text("mutant\nG1A\nN2D\nI3A\n")  # 1-based, read with the wrong numbering
+    code, _, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, table, "--wildtype-start", 0, "--skip-invalid")
+    assert code == 2 and err.count("\n") == 1
+    assert f"error: {table}: 3 of 3 rows are invalid, too many to skip (is --wildtype-start 0 right? is it the right wild type?)" in err
+
+
+def test_score_column_reports_spearman_and_n(tiny, tmp_path, capsys):
+    ref, path = tiny
+    variants = pab1_slice(8, 2)
+    expected = _reference(ref, PAB1_WT, variants, "masked-marginals")
+    measured = [round(e * 2 + 1, 6) for e in expected]  # a monotone function of the scores: Spearman 1
+    measured[3] = "NaN"  # a missing measurement is left out of n
+    table = tmp_path / "dms.tsv"
+    table.write_text("variant\tfitness\n" + "".join(f"{v}\t{m}\n" for v, m in zip(variants, measured)))
+    code, out, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, "--wildtype-start", PAB1_OFFSET,
+                          table, "--score-column", "fitness", "--device", "cpu")
+    assert code == 0, err
+    assert out.splitlines()[0] == "variant\tfitness\tmasked_marginals"  # the variant column found without --mutation-column
+    assert "spearman of masked_marginals vs fitness: 1.0000 (n = 9; 1 rows without a score or a measured value left out)" in err
+    code, _, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, "--wildtype-start", PAB1_OFFSET,
+                        table, "--score-column", "score", "--device", "cpu")
+    assert code == 2 and f"{table}: no column 'score' for --score-column (the measured values to compare with)" in err
+    table.write_text("variant\tfitness\nG126A\thigh\n")
+    code, _, err = _run(capsys, "score-variants", "--model", path, "--wildtype", PAB1_WT, "--wildtype-start", PAB1_OFFSET,
+                        table, "--score-column", "fitness", "--device", "cpu")
+    assert code == 2 and f"{table}: line 2: --score-column 'fitness' value 'high' is not a number" in err
+
+
+def test_wildtype_from_a_multi_record_fasta_with_wildtype_id(tiny, tmp_path, capsys):
+    _, path = tiny
+    panel = tmp_path / "panel.fasta"
+    panel.write_text(f">other\nMKTAYIAKQR\n>pab1 RRM2\n{PAB1_WT}\n")
+    table = tmp_path / "dms.csv"
+    table.write_text("mutant\nG126A\n")
+    args = ["score-variants", "--model", path, "--wildtype", panel, "--wildtype-start", PAB1_OFFSET, table, "--device", "cpu"]
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and f"{panel}: 2 FASTA records; choose the wild type with --wildtype-id ID (records: other, pab1)" in err
+    code, _, err = _run(capsys, *args, "--wildtype-id", "pab2")
+    assert code == 2 and f"{panel}: no record 'pab2' (--wildtype-id); its records: other, pab1" in err
+    code, out, err = _run(capsys, *args, "--wildtype-id", "pab1")
+    assert code == 0, err
+    assert out.splitlines()[1].startswith("G126A,")

@@ -21,7 +21,8 @@ P = click.Path(path_type=Path)
 FLAG_KEYS = {
     "source": "model.init_from", "preset": "model.preset", "task": "finetune.task", "train": "finetune.train", "valid": "finetune.valid",
     "test": "finetune.test", "train_labels": "finetune.train_labels", "valid_labels": "finetune.valid_labels",
-    "test_labels": "finetune.test_labels", "sequence_column": "finetune.sequence_column", "label_column": "finetune.label_column",
+    "test_labels": "finetune.test_labels", "train_mask": "finetune.train_mask", "valid_mask": "finetune.valid_mask",
+    "test_mask": "finetune.test_mask", "sequence_column": "finetune.sequence_column", "label_column": "finetune.label_column",
     "id_column": "finetune.id_column", "out": "out", "strategy": "finetune.strategy", "lora_rank": "finetune.lora_rank",
     "lora_alpha": "finetune.lora_alpha", "merge": "finetune.merge", "layer_decay": "finetune.layer_decay", "lr": "train.lr",
     "epochs": "finetune.epochs", "max_steps": "train.max_steps", "batch_size": "finetune.batch_size", "max_len": "finetune.max_len",
@@ -43,7 +44,8 @@ def _task_options(tasks: Sequence[str]):
     decorators = []
     for key, (owner, option) in seen.items():
         owners = [t for t in tasks if any(o.name == key for o in task_class(t).options)]
-        decorators.append(click.option(f"--{key.replace('_', '-')}", f"task_option_{key}", type=option.type, default=None,
+        flag = {"is_flag": True, "flag_value": True} if option.type is bool else {"type": option.type}  # bool: an on/off switch
+        decorators.append(click.option(f"--{key.replace('_', '-')}", f"task_option_{key}", default=None, **flag,
                                        help=f"{', '.join(owners)}: {option.help}"))
     return decorators
 
@@ -110,6 +112,8 @@ def finetune_command(modality_name: str, help_text: str = "", *, levels: Sequenc
         click.option("--test", type=P, help="Test split, scored once with the best model."),
         click.option("--train-labels", type=P, help="Labels for a sequence-file --train: table (id,label), '>id' file, or one per line."),
         click.option("--valid-labels", type=P), click.option("--test-labels", type=P),
+        click.option("--train-mask", type=P, help="Per-residue mask FASTA for --train-labels (FLIP's mask.fasta: '>id' then 0 = ignore, 1 = use)."),
+        click.option("--valid-mask", type=P), click.option("--test-mask", type=P),
         click.option("--sequence-column", help="Table column holding sequences [sequence]."),
         click.option("--label-column", help="Table column holding labels [label]."),
         click.option("--id-column", help="Table column holding ids [id]."),

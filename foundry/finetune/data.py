@@ -7,6 +7,10 @@ Inputs, per split (``--train``, ``--valid``, ``--test``):
 - any file the modality reads (FASTA for proteins) plus a labels file: a table with ``id`` and
   label columns, a FASTA-style file of labels keyed by record id (FLIP's layout), or one label per
   line in record order;
+- FLIP's files as they come: ``sequences.fasta`` + a labels FASTA whose headers say which split a
+  record belongs to (``>1es5-A SET=train VALIDATION=False``: the train split takes SET=train with
+  VALIDATION=False, valid VALIDATION=True, test SET=test) + optionally ``mask.fasta`` (a 0/1
+  string per record, 0 = residue to ignore: its label becomes ``.``, unlabelled);
 - anything else a task reads itself (``Task.read_split``: the protein plugin's variant-effect
   task reads tables of mutations of a wild type with ``read_table`` and ``table_column``).
 
@@ -33,11 +37,14 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".csv.gz", ".tsv.gz", ".tab.gz")
 
 @dataclass(frozen=True)
 class Columns:
-    """Which table columns hold the sequence, the label and the id."""
+    """How a split is read: which table columns hold the sequence, the label and the id; which
+    split it is (FLIP's labels FASTA says per record); the mask FASTA of its per-residue labels."""
 
     sequence: str = "sequence"
     label: str = "label"
     id: str = "id"
+    split: str | None = None  # train / valid / test
+    mask: str | None = None  # --train-mask …: FLIP's mask.fasta (0 = ignore the residue's label)
 
     def as_dict(self) -> dict[str, str]:
         return {"sequence_column": self.sequence, "label_column": self.label, "id_column": self.id}
@@ -84,20 +91,15 @@ def _open_text(path: Path) -> io.TextIOBase:
         raise DataError(f"{path}: is a folder, expected a file")
     with open(path, "rb") as raw:
         gz = raw.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if gz else open(path, encoding="utf-8", newline="")
+    # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column's name
+    return gzip.open(path, "rt", encoding="utf-8-sig", newline="") if gz else open(path, encoding="utf-8-sig", newline="")
 
 
 def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """(columns, [(line number, row)]) of a CSV/TSV file with a header row."""
-    name = path.name.lower().removesuffix(".gz")
-    try:
-        with _open_text(path) as handle:
-            text = handle.read()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8 text table ({exc.reason} at byte {exc.start})") from None
-    first = text.split("\n", 1)[0]
-    delimiter = "\t" if name.endswith((".tsv", ".tab")) or ("\t" in first and "," not in first) else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    """(columns, [(line number, row)]) of a CSV/TSV file with a header row; the one table reader
+    (fine-tuning splits, labels files, ``protein score-variants``)."""
+    text = _table_text(path)
+    reader = csv.DictReader(io.StringIO(text), delimiter=_delimiter(path, text))
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if not columns:
         raise DataError(f"{path}: empty file (expected a header row naming the columns)")
@@ -110,6 +112,26 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]
             continue
         rows.append((reader.line_num, {k: (v or "") for k, v in row.items()}))
     return columns, rows
+
+
+def table_delimiter(path: Path) -> str:
+    """The delimiter ``read_table`` uses for ``path``: tab or comma (to write a table back alike)."""
+    return _delimiter(path, _table_text(path))
+
+
+def _table_text(path: Path) -> str:
+    try:
+        with _open_text(path) as handle:
+            return handle.read()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text table ({exc.reason} at byte {exc.start})") from None
+
+
+def _delimiter(path: Path, text: str) -> str:
+    """Tab for .tsv/.tab names or a header with tabs and no commas, else comma."""
+    first = text.split("\n", 1)[0]
+    tsv = path.name.lower().removesuffix(".gz").endswith((".tsv", ".tab"))
+    return "\t" if tsv or ("\t" in first and "," not in first) else ","
 
 
 def table_column(path: Path, columns: list[str], wanted: str, what: str, fallbacks: Sequence[str] = ()) -> str:
@@ -128,8 +150,14 @@ def read_records(
     label_column: str | None = "label",
     id_column: str = "id",
     labels_path: Path | None = None,
+    mask_path: Path | None = None,
+    split: str | None = None,
 ) -> list[Record]:
-    """The records of one split. ``label_column=None``: no labels (prediction input)."""
+    """The records of one split. ``label_column=None``: no labels (prediction input).
+
+    ``split`` (train / valid / test) picks a labels FASTA's records by FLIP's ``SET=`` and
+    ``VALIDATION=`` header attributes; ``mask_path`` blanks (``.``) the labels of residues its 0/1
+    strings mark 0."""
     path = Path(path)
     if is_table(path):
         records = _table_records(path, sequence_column, label_column, id_column)
@@ -139,9 +167,11 @@ def read_records(
             if labels_path is None:
                 raise DataError(f"{path}: sequence files carry no labels; give a labels file too (e.g. --train-labels), "
                                 "or use a CSV/TSV table with sequence and label columns")
-            _attach_labels(records, Path(labels_path), label_column, id_column)
+            records = _attach_labels(records, Path(labels_path), label_column, id_column, split)
     if not records:
         raise DataError(f"{path}: no rows (an empty split)")
+    if mask_path is not None and label_column is not None:
+        _apply_mask(records, Path(mask_path))
     return records
 
 
@@ -166,8 +196,10 @@ def _reader_records(path: Path, readers) -> list[Record]:
     return [Record(doc.id, doc.text, None, f"{path}: record {i} {doc.id!r}") for i, doc in enumerate(read_documents([path], readers), 1)]
 
 
-def _attach_labels(records: list[Record], labels_path: Path, label_column: str, id_column: str) -> None:
-    """Labels by id (a table or a '>id' file) or by position (one per line)."""
+def _attach_labels(records: list[Record], labels_path: Path, label_column: str, id_column: str,
+                   split: str | None = None) -> list[Record]:
+    """Labels by id (a table or a '>id' file) or by position (one per line); the labelled records
+    of ``split`` when the '>id' headers carry FLIP's SET= attributes, else all of them."""
     if is_table(labels_path):
         columns, rows = read_table(labels_path)
         id_col = table_column(labels_path, columns, id_column, "id")
@@ -176,25 +208,80 @@ def _attach_labels(records: list[Record], labels_path: Path, label_column: str, 
     else:
         with _open_text(labels_path) as handle:
             lines = handle.read().splitlines()
-        if any(line.startswith(">") for line in lines[:1]):
-            by_id, current = {}, None
-            for line in lines:
-                if line.startswith(">"):
-                    current = line[1:].split(None, 1)[0] if line[1:].strip() else ""
-                    by_id[current] = ""
-                elif current is not None:
-                    by_id[current] += line.strip()
-        else:
+        if not any(line.startswith(">") for line in lines[:1]):
             values = [line.strip() for line in lines if line.strip()]
             if len(values) != len(records):
                 raise DataError(f"{labels_path}: {len(values)} labels for {len(records)} records (one label per line, in record order)")
             for record, value in zip(records, values):
                 record.label = value
-            return
+            return records
+        by_id, attributes = read_fasta_strings(labels_path, lines)
+        if split is not None and any("SET" in a for a in attributes.values()):
+            records = _flip_split(records, attributes, labels_path, split)
     for record in records:
         if record.id not in by_id:
             raise DataError(f"{record.where}: no label for this id in {labels_path}")
         record.label = by_id[record.id]
+    return records
+
+
+def read_fasta_strings(path: Path, lines: list[str] | None = None) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """({id: string}, {id: header attributes}) of a FASTA-style file of per-record strings (labels,
+    masks): ``>id KEY=value ...`` then the string, possibly over several lines."""
+    if lines is None:
+        with _open_text(path) as handle:
+            lines = handle.read().splitlines()
+    strings: dict[str, str] = {}
+    attributes: dict[str, dict[str, str]] = {}
+    current = None
+    for number, line in enumerate(lines, 1):
+        if line.startswith(">"):
+            words = line[1:].split()
+            if not words:
+                raise DataError(f"{path}: line {number}: a '>' header without an id")
+            current = words[0]
+            if current in strings:
+                raise DataError(f"{path}: line {number}: id {current!r} appears twice")
+            strings[current] = ""
+            attributes[current] = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+        elif current is not None:
+            strings[current] += line.strip()
+        elif line.strip():
+            raise DataError(f"{path}: line {number}: text before the first '>id' header")
+    return strings, attributes
+
+
+def _flip_split(records: list[Record], attributes: dict[str, dict[str, str]], labels_path: Path, split: str) -> list[Record]:
+    """FLIP's convention: train = SET=train VALIDATION=False, valid = SET=train VALIDATION=True
+    (sequences set aside for early stopping), test = SET=test."""
+    def member(attrs: dict[str, str]) -> bool:
+        held_out = attrs.get("VALIDATION", "False").lower() == "true"
+        if split == "test":
+            return attrs.get("SET") == "test"
+        return attrs.get("SET") == "train" and held_out == (split == "valid")
+
+    chosen = [r for r in records if r.id in attributes and member(attributes[r.id])]
+    if not chosen:
+        want = {"train": "SET=train VALIDATION=False", "valid": "SET=train VALIDATION=True", "test": "SET=test"}[split]
+        raise DataError(f"{labels_path}: no record of the {split} split ({want} in the '>id' header) among the sequences")
+    return chosen
+
+
+def _apply_mask(records: list[Record], mask_path: Path) -> None:
+    """FLIP's mask FASTA: per residue 1 = use, 0 = ignore (unresolved in the structure); masked
+    residues get the unlabelled mark '.'."""
+    masks, _ = read_fasta_strings(mask_path)
+    for record in records:
+        if record.id not in masks:
+            raise DataError(f"{record.where}: no mask for this id in {mask_path}")
+        mask, label = masks[record.id], record.label or ""
+        bad = next((c for c in mask if c not in "01"), None)
+        if bad is not None:
+            raise DataError(f"{mask_path}: record {record.id!r}: mask character {bad!r} (expected 0 = ignore, 1 = use)")
+        if len(mask) != len(label):
+            raise DataError(f"{mask_path}: record {record.id!r}: mask of {len(mask)} residues for a label of {len(label)} "
+                            "(a mask applies to per-residue labels, one 0/1 per residue)")
+        record.label = "".join(c if m == "1" else "." for c, m in zip(label, mask))
 
 
 # -- encoding -----------------------------------------------------------------------------------

@@ -16,9 +16,14 @@ HELP = """Fine-tune a protein language model on labelled proteins (or train --mo
 
 \b
 Tables: CSV/TSV with `sequence` and `label` columns (optional `id`), or FASTA + --train-labels.
+FLIP's files as they come: --train sequences.fasta --train-labels sampled.fasta --train-mask mask.fasta
+(and the same for --valid/--test: SET= and VALIDATION= in the label headers pick each split).
 sequence-regression / -classification: one label per protein ("a;b" = multi-label).
 residue-classification: a label string as long as the sequence ('.' = unlabelled), e.g. SS3/SS8.
-variant-effect: --wildtype SEQ|FASTA and a `mutation` column (A24G, A24G:T50S; 1-based).
+variant-effect: --wildtype SEQ|FASTA (--wildtype-id ID for one record of several) and a `mutation`
+column (A24G, A24G:T50S). Positions are 1-based; --wildtype-start 0 for 0-based tables, 126 when the
+wild type starts at residue 126. Nonsense (K78*: ESM has no stop token) or malformed rows are an
+error, or dropped with --skip-invalid (counted, the first few named).
 contact: contacting pairs "i-j;k-l" (1-based).
 """
 

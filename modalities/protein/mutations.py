@@ -11,10 +11,13 @@ at residue 126 of the full protein (so ``G126A`` mutates the first residue). fai
 ``predict.py --offset-idx`` means the same (written position - offset = 0-based index); its
 default 0 assumes 0-based positions, ours (1) the usual 1-based numbering.
 
-``WT``, ``wt``, ``_wt`` and ``wildtype`` mean no mutation. A mutation to ``*`` (stop; unless
-``allow_stop``, then the caller decides), a position
-mutated twice, or a letter outside the 20 amino acids plus X B Z U O is an error: the message names
-the record (the caller passes where it came from), position, expected and found letters.
+``WT``, ``wt``, ``_wt`` and ``wildtype`` mean no mutation; a synonymous mutation (``K78K``) is the
+wild type too (score 0, the wild-type sequence). A mutation to ``*`` (a nonsense variant: an ESM
+model has no stop token, so it cannot be scored or built; unless ``allow_stop``, then the caller
+decides), a position mutated twice, or a letter outside the 20 amino acids plus X B Z U O is an
+error: the message names the record (the caller passes where it came from), position, expected and
+found letters. ``usable_variants`` reads a whole column: the first bad row is the error, or, with
+``skip_invalid`` (``--skip-invalid``), bad rows are set aside and ``skipped_note`` names them.
 
 This is the one mutation parser: ``score-variants`` and the ``variant-effect`` fine-tuning task
 (``foundry.finetune.data``) both read mutation strings through it.
@@ -62,7 +65,7 @@ def parse_mutations(text: str, where: str = "", allow_stop: bool = False) -> tup
         wt, pos, mt = m.group(1).upper(), int(m.group(2)), m.group(3).upper()
         if wt == "*" or (mt == "*" and not allow_stop):
             raise DataError(f"{prefix}mutation {part!r}: stop codons '*' cannot be scored by a protein language "
-                            "model; remove nonsense variants first")
+                            "model (ESM has no stop token); drop nonsense variants with --skip-invalid")
         for letter in (wt, mt):
             if letter not in _LETTERS and letter != "*":
                 raise DataError(f"{prefix}mutation {part!r}: {letter!r} is not an amino-acid letter")
@@ -99,3 +102,35 @@ def apply_mutations(wildtype: str, mutations: Sequence[Mutation], offset: int = 
     for i, m in zip(check_mutations(mutations, wildtype, offset, where, option), mutations):
         seq[i] = m.mt
     return "".join(seq)
+
+
+def usable_variants(texts: Sequence[str], wheres: Sequence[str], wildtype: str, offset: int = 1, *, skip_invalid: bool = False,
+                    allow_stop: bool = False, option: str = "--offset", source: str = "") -> tuple[list[tuple[int, tuple[Mutation, ...]]], list[str]]:
+    """Parse and check a column of mutation strings: ``([(row index, mutations)], [skipped row's
+    message])``. A bad row (malformed, nonsense unless ``allow_stop``, a position outside the wild
+    type or a letter that differs) raises its DataError, or with ``skip_invalid`` is set aside.
+
+    More than half of the rows set aside is still an error: that is a wrong ``option`` (numbering)
+    or wild type far more often than a bad table, and training on the rest would hide it.
+    ``source`` (the file) starts that message; the skipped rows' messages name their rows."""
+    kept, skipped = [], []
+    for k, (text, where) in enumerate(zip(texts, wheres)):
+        try:
+            mutations = parse_mutations(text, where, allow_stop=allow_stop)
+            check_mutations(mutations, wildtype, offset, where, option)
+        except DataError as exc:
+            if not skip_invalid:
+                raise
+            skipped.append(str(exc))
+            continue
+        kept.append((k, mutations))
+    if skipped and len(skipped) * 2 > len(texts):
+        raise DataError(f"{source}: " * bool(source) + f"{len(skipped)} of {len(texts)} rows are invalid, too many to skip (is {option} {offset} right? "
+                        f"is it the right wild type?); the first: {skipped[0]}")
+    return kept, skipped
+
+
+def skipped_note(skipped: Sequence[str], total: int, shown: int = 3) -> str:
+    """One line: how many rows --skip-invalid dropped and why, the first ``shown`` of them named."""
+    more = f"; … and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"skipped {len(skipped)} of {total} rows (--skip-invalid): " + "; ".join(skipped[:shown]) + more

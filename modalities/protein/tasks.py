@@ -33,37 +33,58 @@ class VariantEffect(SequenceRegression):
 
     name = "variant-effect"
     options = (
-        TaskOption("wildtype", str, None, "the wild-type sequence, or a file holding it (FASTA with one record, or plain text)", required=True),
-        TaskOption("wildtype_start", int, 1, "the number of the wild type's first residue in the mutation strings (0 for 0-based tables)"),
+        TaskOption("wildtype", str, None, "the wild-type sequence, or a file holding it (FASTA, or plain text)", required=True),
+        TaskOption("wildtype_id", str, None, "the record of a --wildtype FASTA file with several"),
+        TaskOption("wildtype_start", int, 1, "the number the mutation strings give the wild type's first residue: "
+                   "1 for usual 1-based tables, 0 for 0-based ones, 126 if the sequence starts at residue 126"),
         TaskOption("mutation_column", str, "mutation", "the table column of mutations like A24G:T50S"),
+        TaskOption("skip_invalid", bool, False, "drop rows whose mutations cannot be used (malformed, nonsense K78*: ESM has "
+                   "no stop token, or not matching the wild type), with a count and the first few named; default: an error"),
     )
 
     def setup(self, readers):
         from .wildtype import read_wildtype
 
         # Keep the sequence itself, not the path: a saved model predicts without the file.
-        self.values["wildtype"] = read_wildtype(self.values["wildtype"])
+        self.values["wildtype"] = read_wildtype(self.values["wildtype"], record_id=self.values["wildtype_id"])
+        self.values["wildtype_id"] = None  # the record is read; the saved sequence needs no id
 
     def read_split(self, path: Path, labels_path, columns, readers, labelled: bool = True) -> list[Record]:
-        from .mutations import apply_mutations, parse_mutations
+        from .mutations import apply_mutations, skipped_note, usable_variants
 
         if not is_table(path):
             raise DataError(f"{path}: variant-effect input must be a CSV/TSV table with a mutation column")
+        if getattr(columns, "mask", None):
+            raise DataError(f"{columns.mask}: a residue mask applies to per-residue labels, not to --task variant-effect")
         wildtype, start = self.values["wildtype"], self.values["wildtype_start"]
         names, rows = read_table(path)
+        if not rows:
+            raise DataError(f"{path}: no rows (an empty split)")
         wanted = self.values["mutation_column"]
         mutation_column = table_column(path, names, wanted, "mutation", [c for c in MUTATION_COLUMNS if c != wanted])
         label_column = table_column(path, names, columns.label, "label") if labelled else None
+        wheres = [f"{path}: line {line}" for line, _ in rows]
+        kept, skipped = usable_variants([row[mutation_column].strip() for _, row in rows], wheres, wildtype, start,
+                                        skip_invalid=bool(self.values.get("skip_invalid")), option="--wildtype-start", source=str(path))
+        if skipped:
+            _notice(f"{path}: " + skipped_note([m.removeprefix(f"{path}: ") for m in skipped], len(rows)))
         records = []
-        for line, row in rows:
-            where = f"{path}: line {line}"
-            mutations = row[mutation_column].strip()
-            sequence = apply_mutations(wildtype, parse_mutations(mutations, where), start, where, option="--wildtype-start")
-            rid = row.get(columns.id, "").strip() or mutations
-            records.append(Record(rid, sequence, row[label_column] if label_column else None, where))
-        if not records:
-            raise DataError(f"{path}: no rows (an empty split)")
+        for k, mutations in kept:
+            row = rows[k][1]
+            sequence = apply_mutations(wildtype, mutations, start, wheres[k], option="--wildtype-start")
+            rid = row.get(columns.id, "").strip() or row[mutation_column].strip()
+            records.append(Record(rid, sequence, row[label_column] if label_column else None, wheres[k]))
         return records
+
+
+def _notice(message: str) -> None:
+    """A line on stderr, once (the main process) when several processes read the same split."""
+    import sys
+
+    from foundry.distributed import process_state
+
+    if process_state().is_main_process:
+        print(message, file=sys.stderr)
 
 
 class Contact(Task):
