@@ -78,4 +78,33 @@ def relaunch_with_torchrun(processes: int) -> None:
             del args[i]
             break
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "foundry", *args]
-    sys.exit(subprocess.call(command))
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE)
+    failed = forward_until_error(proc.stderr, sys.stderr.buffer)
+    code = proc.wait()
+    sys.exit(2 if failed and code != 0 else code)
+
+
+def forward_until_error(source, sink) -> bool:
+    """Copy the workers' stderr through as it comes (progress bars included) until a worker
+    prints its one-line ``error: …``; drop what follows (the same line from the other workers,
+    torchrun's traceback of the failed child). Returns whether an error line was seen."""
+    import os
+
+    pending, failed = b"", False
+    while chunk := os.read(source.fileno(), 65536):
+        if failed:
+            continue  # drain, so the workers never block on a full pipe
+        pending += chunk
+        start = 0 if pending.startswith(b"error: ") else pending.find(b"\nerror: ") + 1
+        if start > 0 or pending.startswith(b"error: "):
+            end = pending.find(b"\n", start)
+            if end < 0:
+                continue  # wait for the rest of the error line
+            sink.write(pending[: end + 1])
+            failed = True
+        else:
+            keep = pending.rfind(b"\n") + 1  # a partial last line might be the start of "error: "
+            sink.write(pending[:keep] if b"\r" not in pending[keep:] else pending)
+            pending = pending[keep:] if b"\r" not in pending[keep:] else b""
+        sink.flush()
+    return failed

@@ -45,3 +45,11 @@ def test_resume_with_a_different_number_of_processes(single_process_run, tmp_pat
     resumed = losses(out)
     for step in range(5, 9):
         assert abs(reference[step] - resumed[step]) < 1e-5, (step, reference[step], resumed[step])
+
+
+def test_an_error_in_the_workers_is_one_line_not_a_torchrun_traceback(tmp_path):
+    result = foundry("protein", "pretrain", "--processes", "2", "--out", str(tmp_path / "run"), "--max-steps", "0", check=False)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "error: train.max_steps: 0 is not allowed; must be an integer >= 1 (optimizer steps to train)", result.stderr
+    assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in result.stderr
