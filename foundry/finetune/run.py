@@ -16,6 +16,7 @@ leaves nothing that looks like a run.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 import shutil
 from pathlib import Path
@@ -110,9 +111,10 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
     # -- everything that can fail on input, before OUT is written -------------------------------
     task.configure(f.task_options, readers)
     columns = Columns(f.sequence_column, f.label_column, f.id_column)
-    splits = {"train": (f.train, f.train_labels), "valid": (f.valid, f.valid_labels), "test": (f.test, f.test_labels)}
-    records = {name: task.read_split(Path(path), Path(labels) if labels else None, columns, readers)
-               for name, (path, labels) in splits.items() if path}
+    splits = {"train": (f.train, f.train_labels, f.train_mask), "valid": (f.valid, f.valid_labels, f.valid_mask),
+              "test": (f.test, f.test_labels, f.test_mask)}
+    records = {name: task.read_split(Path(path), Path(labels) if labels else None, replace(columns, split=name, mask=mask), readers)
+               for name, (path, labels, mask) in splits.items() if path}
     trunk, tokenizer, base = load_trunk(modality, cfg.model.init_from, cfg.model.preset or None, cfg.model.overrides, f.tokenizer, cfg.train.seed)
     labels = task.fit([r.label for r in records["train"]], [r.where for r in records["train"]])
     examples = {k: encode_records(v, tokenizer, task, labels, f.max_len) for k, v in records.items()}

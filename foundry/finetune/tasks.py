@@ -72,6 +72,8 @@ class TaskOption:
 
 
 CLASSES = TaskOption("classes", str, None, "the classes, a,b,c (per-residue states may be written HEC); default: those of the training split")
+CLASS_WEIGHTS = TaskOption("class_weights", str, None, "weights of the classes in the loss: 'balanced' (rows / (classes x rows of "
+                           "the class), as scikit-learn) or NAME=W,NAME=W (unnamed classes 1); default: all 1")
 
 
 class Task:
@@ -113,7 +115,8 @@ class Task:
         from .data import read_records
 
         return read_records(path, readers=readers, sequence_column=columns.sequence, id_column=columns.id,
-                            label_column=columns.label if labelled else None, labels_path=labels_path)
+                            label_column=columns.label if labelled else None, labels_path=labels_path,
+                            mask_path=columns.mask, split=columns.split)
 
     def build_head(self, trunk_config, n_outputs: int, *, pooling: str | None, dropout: float):
         """The head that reads the trunk's last hidden states (``foundry.finetune.heads``)."""
@@ -147,6 +150,16 @@ class Task:
         """One example's output as prediction columns: {"prediction": ..., "p_<label>": ...}."""
         raise NotImplementedError
 
+    def class_report(self, logits: list[np.ndarray], targets: list[np.ndarray], info: LabelInfo) -> dict | None:
+        """Per-class precision / recall and the confusion matrix (``metrics.class_report``) for
+        single-label classification; None for other tasks."""
+        return None
+
+    def label_text(self, target: np.ndarray, info: LabelInfo) -> str | None:
+        """One example's encoded target written back as the user wrote it (a ``label`` column beside
+        the prediction, for ``OUT/test_predictions.csv``); None where that is not meaningful."""
+        return None
+
 
 # -- sequence level ------------------------------------------------------------------------------
 
@@ -178,12 +191,67 @@ class SequenceRegression(Task):
     def describe(self, logits, info):
         return {"prediction": float(logits.reshape(-1)[0]) * info.std + info.mean}
 
+    def label_text(self, target, info):
+        return f"{float(target.reshape(-1)[0]) * info.std + info.mean:.6g}"
 
-class SequenceClassification(Task):
+
+class WeightedClasses:
+    """``--class-weights``: per-class weights of the cross-entropy, from the training split's counts
+    ('balanced') or given by name. A rare class that the loss weighs like the others is what keeps
+    a model from collapsing to the majority class."""
+
+    weights: np.ndarray | None = None  # (C,) float32, set by ``fit``; None = unweighted
+
+    def parse_weights(self) -> None:
+        text = (self.values.get("class_weights") or "").strip()
+        self._weight_spec: str | dict[str, float] | None = None
+        if not text:
+            return
+        if text.lower() == "balanced":
+            self._weight_spec = "balanced"
+            return
+        spec = {}
+        for part in text.split(","):
+            name, sep, value = part.partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = float("nan")
+            if not sep or not name.strip() or not math.isfinite(weight) or weight < 0:
+                raise FoundryError(f"--class-weights {text!r}: expected 'balanced' or NAME=WEIGHT,NAME=WEIGHT with weights >= 0, "
+                                   f"e.g. soluble=1,insoluble=3 (at {part!r})")
+            spec[name.strip()] = weight
+        self._weight_spec = spec
+
+    def fit_weights(self, counts: dict[str, int], names: list[str], where: str) -> None:
+        """Set ``weights`` for ``names`` from the training ``counts``; ``where``: the training file."""
+        spec = getattr(self, "_weight_spec", None)
+        if spec is None:
+            self.weights = None
+            return
+        if spec == "balanced":
+            total, present = sum(counts.values()), [n for n in names if counts.get(n, 0)]
+            # sklearn's n_samples / (n_classes * count); a class absent from training gets 1 (no rows to weigh)
+            self.weights = np.array([total / (len(present) * counts[n]) if counts.get(n, 0) else 1.0 for n in names], np.float32)
+            return
+        unknown = [n for n in spec if n not in names]
+        if unknown:
+            raise FoundryError(f"--class-weights: {unknown[0]!r} is not a class of {where} (classes: {', '.join(names)})")
+        self.weights = np.array([spec.get(n, 1.0) for n in names], np.float32)
+
+    def weight_tensor(self, like: torch.Tensor) -> torch.Tensor | None:
+        return None if self.weights is None else torch.as_tensor(self.weights, dtype=torch.float32, device=like.device)
+
+
+class SequenceClassification(WeightedClasses, Task):
     name = "sequence-classification"
-    options = (CLASSES,)
+    options = (CLASSES, CLASS_WEIGHTS)
     level = "sequence"
+    default_metric = "mcc"  # accuracy hides a collapse to the majority class; MCC is 0 then
     classes: list[str] | None = None  # declared by the user; None: the training split defines them
+
+    def setup(self, readers):
+        self.parse_weights()
 
     def declare_classes(self, text):
         self.classes = _class_list(text, per_char=False)
@@ -191,16 +259,22 @@ class SequenceClassification(Task):
     def fit(self, labels, where):
         multi = any(MULTI_LABEL_SEPARATOR in raw for raw in labels)
         parts = [(part, w) for raw, w in zip(labels, where) for part in self._parts(raw, w, multi)]
+        if multi and getattr(self, "_weight_spec", None) is not None:
+            raise FoundryError(f"--class-weights applies to single-label classification; {_file_of(where[0])} has "
+                               f"multi-label ('a{MULTI_LABEL_SEPARATOR}b') labels")
+        counts = Counter(part for part, _ in parts)
         if self.classes is not None:
             for part, w in parts:
                 if part not in self.classes:
                     raise DataError(f"{w}: label {part!r} is not one of the declared classes ({', '.join(self.classes)})")
+            self.fit_weights(counts, list(self.classes), _file_of(where[0]))
             return LabelInfo(list(self.classes), multi_label=multi)
         if not multi:
             _refuse_numeric_classes(labels, where)
         names = sorted({part for part, _ in parts})
         if len(names) < 2 and not multi:
             raise DataError(f"{_file_of(where[0])}: a classification task needs at least 2 classes in the training labels, found {names}")
+        self.fit_weights(counts, names, _file_of(where[0]))
         return LabelInfo(names, multi_label=multi)
 
     def _parts(self, raw: str, where: str, multi: bool) -> list[str]:
@@ -224,7 +298,7 @@ class SequenceClassification(Task):
     def loss(self, logits, targets, info):
         if info.multi_label:
             return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
-        return F.cross_entropy(logits.float(), targets.view(-1))
+        return F.cross_entropy(logits.float(), targets.view(-1), weight=self.weight_tensor(logits))
 
     def metrics(self, logits, targets, info):
         probs = probabilities(np.stack(logits), info)
@@ -240,19 +314,31 @@ class SequenceClassification(Task):
             label = info.names[int(probs.argmax())]
         return {"prediction": label, **{f"p_{n}": round(float(p), 6) for n, p in zip(info.names, probs)}}
 
+    def class_report(self, logits, targets, info):
+        if info.multi_label or not logits:
+            return None
+        return M.class_report(np.concatenate(targets), np.stack(logits).argmax(-1), info.names)
+
+    def label_text(self, target, info):
+        if info.multi_label:
+            return MULTI_LABEL_SEPARATOR.join(n for n, v in zip(info.names, target) if v >= 0.5)
+        return info.names[int(target.reshape(-1)[0])]
+
 
 # -- residue level -------------------------------------------------------------------------------
 
 
-class ResidueClassification(Task):
+class ResidueClassification(WeightedClasses, Task):
     """One character per residue; ``ignore_char`` marks residues without a label."""
 
     name = "residue-classification"
     level = "residue"
     ignore_char = "."
-    options = (CLASSES, TaskOption("ignore_label", str, ".", "the label character meaning 'no label at this residue'"))
+    default_metric = "mcc"  # Q3 is reported too; MCC does not reward predicting only the commonest state
+    options = (CLASSES, TaskOption("ignore_label", str, ".", "the label character meaning 'no label at this residue'"), CLASS_WEIGHTS)
 
     def setup(self, readers):
+        self.parse_weights()
         self.ignore_char = self.values["ignore_label"]
         if len(self.ignore_char) != 1:
             raise FoundryError(f"--ignore-label {self.ignore_char!r}: must be one character")
@@ -279,12 +365,15 @@ class ResidueClassification(Task):
                                     f"({''.join(self.classes)}; {self.ignore_char!r} = no label)")
                 count, w0, i0 = seen.get(c, (0, w, raw.index(c) + 1))
                 seen[c] = (count + n, w0, i0)
+        counts = {c: count for c, (count, _, _) in seen.items()}
         if self.classes is not None:
+            self.fit_weights(counts, list(self.classes), _file_of(where[0]))
             return LabelInfo(list(self.classes))
         names = sorted(seen)
         if len(names) < 2:
             raise DataError(f"{_file_of(where[0])}: per-residue labels need at least 2 states, found {names}")
         _refuse_typo_states(seen, self.ignore_char)
+        self.fit_weights(counts, names, _file_of(where[0]))
         return LabelInfo(names)
 
     def encode(self, raw, n_residues, where, info):
@@ -305,7 +394,7 @@ class ResidueClassification(Task):
         keep = targets != IGNORE  # (B, T)
         if not keep.any():
             return logits.sum() * 0.0
-        return F.cross_entropy(logits[keep].float(), targets[keep])
+        return F.cross_entropy(logits[keep].float(), targets[keep], weight=self.weight_tensor(logits))
 
     def metrics(self, logits, targets, info):
         y = np.concatenate([t for t in targets])
@@ -316,6 +405,14 @@ class ResidueClassification(Task):
 
     def describe(self, logits, info):
         return {"prediction": "".join(info.names[i] for i in np.asarray(logits).argmax(-1))}
+
+    def class_report(self, logits, targets, info):
+        y = np.concatenate(targets)
+        keep = y != IGNORE
+        return M.class_report(y[keep], np.concatenate(logits).argmax(-1)[keep], info.names)
+
+    def label_text(self, target, info):
+        return "".join(self.ignore_char if v == IGNORE else info.names[int(v)] for v in target)
 
 
 # -- residue pairs -------------------------------------------------------------------------------
