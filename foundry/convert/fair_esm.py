@@ -64,6 +64,7 @@ WEIGHT_MAP: dict[str, str | None] = {
 _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")  # fairseq prefixes fair-esm strips
 _CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")  # fair-esm's names
 HEAD_ATTACHMENT = "contact"  # the trunk attachment the regression file's tensors belong to
+HEAD_KIND = "attention-contact"  # the head kind that reads them (registered by the protein plugin)
 ALPHABET_SIZE = 33  # esm.data.Alphabet.from_architecture("ESM-1b")
 
 
@@ -118,6 +119,18 @@ def load_fair_esm(path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str,
                 f"{tuple(extra['regression.weight'].shape)}, expected {want}"
             )
     return cfg, ours, extra or None
+
+
+def head_attachments(cfg: ModelConfig, extra: dict[str, torch.Tensor] | None) -> dict:
+    """The regression file's tensors as the trunk's attachments ``{name: head module}`` (for
+    ``common.build_model``), built through the head registry; {} without them."""
+    if not extra:
+        return {}
+    from ..finetune.heads import build_head
+
+    head = build_head({"kind": HEAD_KIND, "n_layer": cfg.n_layer, "n_head": cfg.n_head})
+    head.load_state_dict(extra, strict=True)
+    return {HEAD_ATTACHMENT: head}
 
 
 def _architecture(data: dict, path: Path) -> dict:

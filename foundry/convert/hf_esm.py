@@ -94,6 +94,13 @@ def split_contact_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return head if len(head) == 2 else None
 
 
+def head_attachments(cfg: ModelConfig, extra: dict[str, torch.Tensor] | None) -> dict:
+    """Those tensors as the trunk's attachments ``{name: head module}`` (same head as fair-esm's file)."""
+    from .fair_esm import head_attachments as fair_esm_attachments
+
+    return fair_esm_attachments(cfg, extra)
+
+
 def fresh_lm_head(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Initial LM-head tensors for an ``EsmModel`` import (which has none)."""
     d = cfg.d_model

@@ -1,0 +1,175 @@
+"""The contact head is the protein plugin's (modalities/protein/contact_head.py): fitted on
+structures with ``contacts --fit``, saved with the model as a generic attachment, rebuilt through
+the head registry; the contact task reads PDB/mmCIF directly.
+
+Parity with fair-esm's own contact head is in test_convert_esm.py and test_embed.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from foundry.errors import CheckpointError
+from foundry.finetune.heads import HEADS, build_head, head_class
+from foundry.hookspecs import hookimpl
+from foundry.model.store import load_model, save_model
+from foundry.testing import plugins_registered, run_cli
+from modalities.protein.contact_fit import fit_l1_logistic
+from modalities.protein.contact_head import ContactRegression, contact_head_of
+
+STRUCTURES = Path(__file__).parent / "data" / "structures"
+
+
+@pytest.fixture
+def model_dir(protein_model, tmp_path) -> Path:
+    return Path(shutil.copytree(protein_model, tmp_path / "model"))
+
+
+@pytest.fixture
+def pdbs(tmp_path) -> Path:
+    folder = tmp_path / "pdbs"
+    folder.mkdir()
+    for name in ("1A8O.pdb", "PF00041_1TEN_A.pdb"):
+        shutil.copy(STRUCTURES / name, folder / name)
+    return folder
+
+
+def test_l1_logistic_regression_finds_the_informative_features():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 12))
+    logits = 2.0 * x[:, 3] - 1.5 * x[:, 7] - 2.0
+    y = (rng.random(4000) < 1 / (1 + np.exp(-logits))).astype(float)
+    w, b, _ = fit_l1_logistic(x, y, l1=0.02, steps=800)
+    assert w[3] > 1.0 and w[7] < -0.8 and -2.6 < b < -1.4
+    assert np.count_nonzero(w) <= 4  # the L1 penalty drops (almost all) noise features
+    w_strong, _, _ = fit_l1_logistic(x, y, l1=10.0)
+    assert np.count_nonzero(w_strong) == 0
+
+
+def test_fit_saves_the_head_with_the_model_and_contacts_use_it(model_dir, pdbs, tmp_path):
+    result = run_cli("protein", "contacts", "--model", model_dir, "--fit", pdbs, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "fitted a contact head on 2 structures" in result.stdout and "attention maps kept" in result.stdout
+    head_file = model_dir / "contact_head.safetensors"
+    assert head_file.is_file()
+    loaded = load_model(model_dir)
+    head = contact_head_of(loaded.model)
+    assert isinstance(head, ContactRegression) and head.describe()["kind"] == "attention-contact"
+
+    out = tmp_path / "maps"
+    result = run_cli("protein", "contacts", "--model", model_dir, STRUCTURES / "1A8O.pdb", "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "1A8O_A  L=70" in result.stdout and (out / "1A8O_A.png").is_file()
+    assert np.load(out / "1A8O_A.npy").shape == (70, 70)
+
+    # a second fit does not silently replace the head
+    result = run_cli("protein", "contacts", "--model", model_dir, "--fit", pdbs)
+    assert result.exit_code == 2 and "already has a contact head; pass --replace-head" in result.stderr
+    result = run_cli("protein", "contacts", "--model", model_dir, "--fit", pdbs, "--replace-head", "--l1", "0.1", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_fit_errors_are_one_line(model_dir):
+    result = run_cli("protein", "contacts", "--model", model_dir, "--fit", STRUCTURES / "header.pdb")
+    assert result.exit_code == 2 and "header.pdb: no atoms" in result.stderr
+    result = run_cli("protein", "contacts", "--model", model_dir)
+    assert result.exit_code == 2 and "give INPUT" in result.stderr
+    result = run_cli("protein", "contacts", "--model", model_dir, STRUCTURES / "1A8O.pdb")
+    assert result.exit_code == 2 and "-o/--out is required" in result.stderr
+    assert not (model_dir / "contact_head.safetensors").exists()
+
+
+def test_the_registry_rebuilds_a_head_a_task_brings():
+    class ToyHead(torch.nn.Module):
+        kind = "toy-pair"
+
+        def __init__(self, width: int):
+            super().__init__()
+            self.width = width
+
+        def describe(self):
+            return {"kind": self.kind, "width": self.width}
+
+    class ToyTask:
+        name = "toy-task"
+        heads = (ToyHead,)
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_tasks(register):
+            register(ToyTask)
+
+    with plugins_registered(("toy", Plugin())):
+        assert "toy-pair" not in HEADS and head_class("toy-pair") is ToyHead
+        assert build_head({"kind": "toy-pair", "width": 3}).width == 3
+    with plugins_registered(), pytest.raises(CheckpointError, match=r"unknown head kind 'toy-pair' \(known: .*pairwise"):
+        head_class("toy-pair")
+
+
+def test_a_head_file_without_a_kind_still_loads(model_dir):
+    """Model directories written before the head moved record no kind: the file name says it."""
+    loaded = load_model(model_dir)
+    cfg = loaded.config
+    weight = torch.randn(1, cfg.n_layer * cfg.n_head)
+    old_meta = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "eos_id": 2, "prepend_bos": True, "bias": True}
+    save_file({"regression.weight": weight, "regression.bias": torch.zeros(1)}, str(model_dir / "contact_head.safetensors"),
+              metadata={"format": "pt", "head": json.dumps(old_meta)})
+    head = contact_head_of(load_model(model_dir).model)
+    assert torch.equal(head.regression.weight, weight)
+
+
+def test_a_head_for_another_model_is_refused(model_dir):
+    loaded = load_model(model_dir)
+    cfg = loaded.config
+    bad = {"kind": "attention-contact", "n_layer": cfg.n_layer + 1, "n_head": cfg.n_head}
+    save_file({"regression.weight": torch.zeros(1, (cfg.n_layer + 1) * cfg.n_head), "regression.bias": torch.zeros(1)},
+              str(model_dir / "contact_head.safetensors"), metadata={"format": "pt", "head": json.dumps(bad)})
+    with pytest.raises(CheckpointError, match=rf"contact_head.safetensors: a head for n_layer={cfg.n_layer + 1}, but the model has"):
+        load_model(model_dir)
+
+
+def test_attached_heads_follow_the_trunk_but_stay_out_of_its_state_dict(model_dir, tmp_path):
+    loaded = load_model(model_dir)
+    model = loaded.model
+    from modalities.protein.contact_head import attach_contact_head
+
+    head = attach_contact_head(model)
+    assert not any(k.startswith("contact") or "regression" in k for k in model.state_dict())
+    model.double()
+    assert head.regression.weight.dtype == torch.float64
+    model.train()
+    assert head.training
+    save_model(tmp_path / "again", model.float().eval(), loaded.tokenizer, "protein")
+    assert (tmp_path / "again" / "contact_head.safetensors").is_file()
+
+
+def test_finetune_contact_task_reads_structures(protein_model, pdbs, tmp_path):
+    out = tmp_path / "ft"
+    result = run_cli("protein", "finetune", "--from", protein_model, "--task", "contact", "--contact-head", "attention",
+                     "--train", pdbs, "--valid", STRUCTURES / "1A8O.pdb", "--out", out, "--max-steps", "2",
+                     "--batch-size", "2", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    assert (out / "best").is_dir(), summary
+    # the structures' contacts became labels: the task encodes them with unknown and near pairs ignored
+    from foundry.finetune.tasks import IGNORE
+    from modalities.protein.structures import read_structure
+    from modalities.protein.tasks import Contact
+
+    labels = read_structure(STRUCTURES / "PF00041_1TEN_A.pdb")
+    task = Contact()
+    task.configure({})
+    (record,) = task.read_split(STRUCTURES / "PF00041_1TEN_A.pdb", None, None, ())
+    target = task.encode(record.label, len(record.sequence), record.where, task.fit([record.label], [record.where]))
+    assert record.id == "PF00041_1TEN_A_A" and target.shape == (len(labels.sequence),) * 2
+    assert (target[0] == IGNORE).all()  # residue 1 has no Cβ/Cα: masked, not a negative
+    i, j = np.argwhere((labels.contacts == 1) & (np.abs(np.subtract.outer(*(np.arange(len(labels)),) * 2)) >= 6))[0]
+    assert target[i, j] == 1.0 and target[5, 6] == IGNORE
