@@ -161,7 +161,8 @@ def _prepare_command(modality_name: str) -> click.Command:
     @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
     @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output dataset directory.")
     @click.option("--workers", default=1, show_default=True, help="Tokenizer processes.")
-    @click.option("--valid-fraction", default=0.01, show_default=True, help="Share of records held out (by hash of record id).")
+    @click.option("--valid-fraction", default="0.01", show_default=True,
+                  help="Records held out by hash of record id: a fraction (0.01 or 1%) or a count (500).")
     @click.option("--tokenizer", "tokenizer_path", type=click.Path(path_type=Path), help="Existing tokenizer or model dir (default: the modality builds one).")
     @click.option("--vocab-size", default=None, type=int, help="For learned vocabularies (BPE).")
     @click.option("--overwrite", is_flag=True, help="Replace a complete dataset at --out (kept until the new one is complete).")
@@ -169,9 +170,9 @@ def _prepare_command(modality_name: str) -> click.Command:
                   help="A file that is not text: stop with its name, line and byte, or leave it out (counted).")
     def prepare(inputs, out, workers, valid_fraction, tokenizer_path, vocab_size, overwrite, on_decode_error):
         """Tokenize a corpus once into memory-mapped shards for `pretrain --data`."""
-        from .prepare_cli import run_prepare
+        from .prepare_cli import parse_valid_fraction, run_prepare
 
-        run_prepare(modality_name, list(inputs), out, workers=workers, valid_fraction=valid_fraction, on_decode_error=on_decode_error,
+        run_prepare(modality_name, list(inputs), out, workers=workers, valid_fraction=parse_valid_fraction(valid_fraction), on_decode_error=on_decode_error,
                     tokenizer_path=tokenizer_path, vocab_size=vocab_size, overwrite=overwrite)
 
     return prepare

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from foundry.data import prepare as prep
+from foundry import prepare_cli
 from foundry.data.prepare import is_prepared, open_prepared, prepare, split_hash
 from foundry.errors import DataError
 from foundry.readers import Reader
@@ -309,20 +310,20 @@ def test_prepare_modality_cli_entry(tmp_path, monkeypatch):
     manager.register_plugin(plugin, "protein")
     monkeypatch.setattr(plugins, "_manager", manager)
     out = tmp_path / "out"
-    manifest = prep.prepare_modality("protein", [QUERY_FASTA], out, workers=1, valid_fraction=25, progress=False)
+    manifest = prepare_cli.prepare_modality("protein", [QUERY_FASTA], out, workers=1, valid_fraction=25, progress=False)
     assert manifest.valid.docs == 25 and manifest.sources[0].reader == "fasta"
     tok = open_prepared(out).load_tokenizer()
     assert tok.fingerprint() == manifest.tokenizer_fingerprint
     with pytest.raises(DataError, match="pass --overwrite"):
-        prep.prepare_modality("protein", [QUERY_FASTA], out, progress=False)
+        prepare_cli.prepare_modality("protein", [QUERY_FASTA], out, progress=False)
 
 
 @pytest.mark.parametrize("text, value", [("0.01", 0.01), ("1%", 0.01), ("500", 500), ("0", 0)])
 def test_parse_valid_fraction(text, value):
-    assert prep.parse_valid_fraction(text) == value
+    assert prepare_cli.parse_valid_fraction(text) == value
 
 
 @pytest.mark.parametrize("text", ["1.5", "-3", "abc", "100%"])
 def test_parse_valid_fraction_rejects(text):
-    with pytest.raises(DataError, match="--valid"):
-        prep.parse_valid_fraction(text)
+    with pytest.raises(DataError, match="--valid-fraction"):
+        prepare_cli.parse_valid_fraction(text)

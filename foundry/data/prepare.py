@@ -43,7 +43,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -333,16 +333,6 @@ def _file_chunks(path: Path, reader: Reader) -> Iterator[tuple[list[str], list[s
         yield ids, texts
 
 
-def _skipped(path: Path, reader: Reader, skipped: list[str]) -> bool:
-    """Read ``path`` once under the "skip" policy: True when it was left out."""
-    from ..readers import read_file
-
-    before = len(skipped)
-    for _ in read_file(path, reader, "skip", skipped):
-        pass
-    return len(skipped) > before
-
-
 def _read(path: Path, reader: Reader):
     """The reader's documents; low-level failures (corrupt gzip, vanished file) name the file."""
     try:
@@ -552,66 +542,3 @@ def _si(x: float) -> str:
 
 
 # -- CLI entry ----------------------------------------------------------------------------------
-
-
-def prepare_modality(
-    modality: str,
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    workers: int = 1,
-    valid_fraction: float | int = 0.01,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
-    overwrite: bool = False,
-    progress: bool = True,
-    tokenizer=None,
-    tokenizer_settings: dict[str, Any] | None = None,
-    on_decode_error: str = "error",
-) -> Manifest:
-    """What ``foundry <modality> prepare INPUT... -o DIR --workers N`` calls.
-
-    Uses the modality's readers; the tokenizer is ``tokenizer`` when given (e.g. restored from a
-    checkpoint, for continued pretraining), else ``modality.build_tokenizer`` over the inputs.
-    ``on_decode_error="skip"`` first reads every file once and leaves out those that are not
-    text in their encoding (each named on stderr, then a count), as pretraining does.
-    """
-    from ..plugins import get_manager
-    from ..readers import check_policy, read_documents
-
-    manager = get_manager()
-    mod = manager.modality(modality)
-    readers = manager.reader_objects(mod.readers)
-    _check_valid_fraction(valid_fraction)
-    files = list(iter_files([Path(p) for p in inputs], readers))
-    check_policy(on_decode_error)
-    if on_decode_error == "skip":
-        skipped: list[str] = []
-        files = [(f, r) for f, r in files if not _skipped(f, r, skipped)]
-        if skipped:
-            print(f"foundry: skipped {len(skipped)} of {len(files) + len(skipped)} files that are not UTF-8 text", file=sys.stderr)
-        if not files:
-            raise DataError(f"{', '.join(map(str, inputs))}: no readable files (every one was skipped as not text)")
-        inputs = [f for f, _ in files]
-    check_destination(Path(out_dir).absolute(), [f for f, _ in files], overwrite)  # before training a BPE
-    if tokenizer is None:
-        documents = read_documents([Path(p) for p in inputs], readers)
-        tokenizer = mod.build_tokenizer(documents, dict(tokenizer_settings or {}))
-    return prepare(inputs, readers, tokenizer, out_dir, workers=workers, valid_fraction=valid_fraction,
-                   shard_tokens=shard_tokens, progress=progress, overwrite=overwrite)
-
-
-def parse_valid_fraction(text: str) -> float | int:
-    """CLI ``--valid``: ``0.01`` or ``1%`` is a fraction, ``500`` a record count."""
-    raw = text.strip()
-    try:
-        if raw.endswith("%"):
-            value: float | int = float(raw[:-1]) / 100
-        elif raw.isdigit():
-            value = int(raw)
-        else:
-            value = float(raw)
-        _check_valid_fraction(value)
-    except ValueError:
-        raise DataError(
-            f"--valid {text!r}: expected a fraction in [0, 1) (0.01 or 1%) or a record count (500)"
-        ) from None
-    return value
