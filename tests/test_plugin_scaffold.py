@@ -23,7 +23,7 @@ def test_a_new_plugin_installs_and_passes_its_own_tests(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=package,
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout
+    assert "6 passed" in result.stdout
 
 
 def test_names_that_cannot_work_are_refused(tmp_path):
