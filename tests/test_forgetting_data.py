@@ -5,7 +5,6 @@ checked against what the run trained on."""
 import gzip
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -61,8 +60,8 @@ def test_probe_scores_the_runs_own_validation_split(run, protein):
 def test_probe_and_replay_through_forgetting_tools(run, protein):
     modality, readers = protein
     tokenizer = load_model(run / "final").tokenizer
-    cfg = SimpleNamespace(model=SimpleNamespace(init_from=str(run / "final")), train=SimpleNamespace(seed=0),
-                          finetune=SimpleNamespace(forgetting=True, forgetting_data=[], forgetting_docs=8, replay=0.25, batch_size=6))
+    cfg = build_config(base={"modality": "protein"}, dotted={"model.init_from": str(run / "final"), "finetune.forgetting_docs": 8,
+                                                             "finetune.replay": 0.25, "finetune.batch_size": 6})
     probe, replay = forgetting_tools(modality, readers, tokenizer, cfg, pretrained=True)
     assert probe.source.startswith("8 documents of the validation split of pretraining run")
     assert (probe.objective_name, probe.loss_name) == ("mlm", "masked-LM loss") and probe.targets > 0

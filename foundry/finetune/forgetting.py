@@ -289,18 +289,16 @@ def forgetting_tools(modality, readers, tokenizer, cfg: RunConfig, pretrained: b
     """(probe, replay) for a fine-tuning run: the forgetting probe for a pretrained trunk (unless
     ``finetune.forgetting`` is off), the replay stream when ``finetune.replay`` > 0. Both draw on
     the model's own pretraining data when its run is recorded (see the module docstring)."""
-    f = getattr(cfg, "finetune", None)
+    f = cfg.finetune
     source_path = _local_model_path(cfg.model.init_from) if pretrained else None
     probe = replay = None
-    if pretrained and getattr(f, "forgetting", True):
-        given = [Path(p) for p in getattr(f, "forgetting_data", None) or []]
-        probe = build_probe(source_path, modality, readers, tokenizer, given, getattr(f, "forgetting_docs", 128))
-    share = float(getattr(f, "replay", 0.0) or 0.0)
+    if pretrained and f.forgetting:
+        probe = build_probe(source_path, modality, readers, tokenizer, [Path(p) for p in f.forgetting_data], f.forgetting_docs,
+                            f.forgetting_max_len)
+    share = f.replay  # in [0, 1): the config's range
     if share > 0:
-        if not 0 < share < 1:
-            raise FoundryError(f"finetune.replay: {share} is not allowed; the share of pretraining data must be in (0, 1)")
         data = pretraining_split(source_path, modality, readers, tokenizer, "train", REPLAY_DOCS)
-        rows = round(getattr(f, "batch_size", 16) * share / (1 - share))
+        rows = round(f.batch_size * share / (1 - share))
         replay = ReplayStream(data.documents, tokenizer, _objective(_objective_name(data.run, modality), tokenizer, data.run), rows,
                               PROBE_MAX_LEN, cfg.train.seed, data.source)
     return probe, replay
