@@ -121,7 +121,7 @@ def test_installed_plugin_fine_tunes_and_predicts(site, pretrained, tmp_path):
                       "--train", tmp_path / "train.csv", "--valid", tmp_path / "valid.csv", "--out", out,
                       "--max-steps", "3", "--batch-size", "8", "--quiet")
     assert result.returncode == 0, result.stderr
-    assert "valid       " in result.stdout and "forgetting: masked-LM loss on held-out pretraining data" in result.stdout
+    assert "accuracy" in result.stdout and "forgetting: masked-LM loss on held-out pretraining data" in result.stdout
     assert f"best model: {out / 'best'}" in result.stdout
 
     # Soft-masked and ambiguous bases read as the tokenizer reads them in pretraining.
