@@ -217,11 +217,16 @@ def predict_command(modality_name: str) -> click.Command:
     @click.option("--id-column", help="Id column of a table input.")
     @click.option("--batch-size", default=16, show_default=True)
     @click.option("--tokenizer", help="Tokenizer dir, for adapters over trunks that do not carry one.")
-    def predict(model_dir, input_path, output, sequence_column, id_column, batch_size, tokenizer):
-        """Predict with a fine-tuned model; writes id,sequence,prediction."""
+    @click.option("--probabilities", is_flag=True, help="Per-residue tasks: also write OUTPUT_residues.csv, one row per residue "
+                  "with the probability of each state (p_<state>).")
+    def predict(model_dir, input_path, output, sequence_column, id_column, batch_size, tokenizer, probabilities):
+        """Predict with a fine-tuned model; writes id,sequence,prediction. Long sequences are read in
+        overlapping windows, never cut. A table that has the model's label column is also scored:
+        the metrics are printed and written to OUTPUT_metrics.json."""
         from .predict import predict_file
 
-        n = predict_file(model_dir, input_path, output, sequence_column=sequence_column, id_column=id_column, batch_size=batch_size, tokenizer_path=tokenizer)
+        n = predict_file(model_dir, input_path, output, sequence_column=sequence_column, id_column=id_column, batch_size=batch_size,
+                         tokenizer_path=tokenizer, say=click.echo, probabilities=probabilities)
         click.echo(f"wrote {n} predictions to {output}")
 
     return predict

@@ -1,9 +1,13 @@
 """Evaluation metrics as the field reports them, in plain numpy (no scipy / sklearn needed).
 
 Regression: Spearman ρ (ranks with ties averaged, as ``scipy.stats.spearmanr``), Pearson r, RMSE.
-Classification: accuracy, macro F1, AUROC (binary: Mann-Whitney U with ties counted half, as
-``sklearn.metrics.roc_auc_score``; multi-class: one-vs-rest macro average), MCC (multi-class
-form of Gorodkin 2004, as ``sklearn.metrics.matthews_corrcoef``).
+Classification: accuracy, balanced accuracy (mean recall over the classes present, as
+``sklearn.metrics.balanced_accuracy_score``), macro F1, AUROC (binary: Mann-Whitney U with ties
+counted half, as ``sklearn.metrics.roc_auc_score``; multi-class: one-vs-rest macro average), MCC
+(multi-class form of Gorodkin 2004, as ``sklearn.metrics.matthews_corrcoef``). Accuracy alone
+hides a model that predicts the majority class for everything; balanced accuracy (0.5 for two
+classes) and MCC (0) do not, and ``class_report`` gives per-class precision / recall and the
+confusion matrix behind them.
 Per-residue: accuracy over labelled positions, reported as Q3 / Q8 when there are 3 / 8 states.
 
 Every function takes 1-D arrays (targets, predictions or scores) and returns a float; an
@@ -74,6 +78,48 @@ def f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     return float(per_class[present].mean()) if present.any() else float("nan")
 
 
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Mean recall over the classes that occur in ``y``: 1/C for a constant prediction."""
+    c = confusion(y, pred, n_classes).astype(np.float64)
+    support = c.sum(1)
+    present = support > 0
+    return float((np.diag(c)[present] / support[present]).mean()) if present.any() else float("nan")
+
+
+def class_report(y: np.ndarray, pred: np.ndarray, names: list[str]) -> dict:
+    """Per class: precision, recall, support (true count), predicted count; and the confusion matrix
+    (rows = true class, columns = predicted), as plain lists for JSON. An undefined precision (the
+    class is never predicted) or recall (it never occurs) is ``None``."""
+    c = confusion(y, pred, len(names))
+    tp, support, predicted = np.diag(c), c.sum(1), c.sum(0)
+
+    def ratio(a, b):
+        return [round(float(x) / float(n), 6) if n else None for x, n in zip(a, b)]
+
+    return {"classes": list(names), "precision": ratio(tp, predicted), "recall": ratio(tp, support),
+            "support": support.tolist(), "predicted": predicted.tolist(), "confusion": c.tolist()}
+
+
+def format_class_report(report: dict, title: str = "") -> str:
+    """The per-class table and the confusion matrix as text, for a terminal."""
+    names = report["classes"]
+    width = max(9, *(len(n) + 2 for n in names))
+
+    def cell(v):
+        return f"{'-':>10s}" if v is None else f"{v:10.3f}"
+
+    lines = [title] if title else []
+    lines.append(f"{'class':{width}s}{'precision':>10s}{'recall':>10s}{'support':>10s}{'predicted':>10s}")
+    for i, n in enumerate(names):
+        lines.append(f"{n:{width}s}{cell(report['precision'][i])}{cell(report['recall'][i])}"
+                     f"{report['support'][i]:10d}{report['predicted'][i]:10d}")
+    lines.append("confusion (rows: true, columns: predicted)")
+    lines.append(" " * width + "".join(f"{n:>{width}s}" for n in names))
+    for n, row in zip(names, report["confusion"]):
+        lines.append(f"{n:{width}s}" + "".join(f"{v:{width}d}" for v in row))
+    return "\n".join(lines)
+
+
 def mcc(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     c = confusion(y, pred, n_classes).astype(np.float64)
     t, p = c.sum(1), c.sum(0)
@@ -115,8 +161,8 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]
     n_classes = probs.shape[1]
     pred = probs.argmax(1)
     return {
-        "accuracy": accuracy(y, pred), "f1": f1(y, pred, n_classes),
-        "auroc": auroc(y, probs), "mcc": mcc(y, pred, n_classes),
+        "accuracy": accuracy(y, pred), "balanced_accuracy": balanced_accuracy(y, pred, n_classes),
+        "f1": f1(y, pred, n_classes), "auroc": auroc(y, probs), "mcc": mcc(y, pred, n_classes),
     }
 
 

@@ -10,6 +10,8 @@ leaves nothing that looks like a run.
     OUT/metrics.jsonl      training steps, validation evaluations, final scores
     OUT/checkpoints/       as for pretraining: model dir + optimizer + data position
     OUT/best/              the fine-tuned model with the best validation metric
+    OUT/confusion_valid.png  classification: the best model's confusion matrix (and _test.png)
+    OUT/test_predictions.csv with --test: the best model's test predictions beside their labels
     OUT/summary.json       written last: the run finished
 """
 
@@ -33,13 +35,15 @@ from ..metrics import MetricsLog
 from ..plugins import get_manager
 from ..rundir import check_fresh, clean_leftovers, clear_unfinished, has_checkpoint, locked
 from ..train import run_training
-from .data import Columns, batch_plan, encode_records
+from .data import Columns, batch_plan, encode_records, special_layout
 from .forgetting import forgetting_tools
 from .heads import FinetuneModel
+from .plots import write_confusion_png
+from .predict import write_predictions
 from .store import load_finetuned, save_finetuned
 from .strategies import apply_strategy, base_transformer, count_trainable
 from .tasks import get_task
-from .evaluation import evaluate
+from .evaluation import UNCUT, score
 from .workload import FinetuneSettings, FinetuneWorkload
 
 #: learning rates when none is given: a trunk that trains fully moves less than a fresh head/adapter
@@ -78,7 +82,9 @@ def _freeze_lm_head(trunk) -> None:
 
 def resolve_schedule(cfg: RunConfig, explicit: set[str], train_lengths: list[int]) -> None:
     """Fill what the user left to the data: steps from epochs, warm-up from its fraction, an
-    evaluation (and checkpoint) every epoch, the learning rate of the strategy. In place; the
+    evaluation (and checkpoint) every epoch but at least ten per run (a run of ``--max-steps``
+    shorter than an epoch would otherwise validate once, at its end, and "best" would be "last"),
+    the learning rate of the strategy. In place; the
     result is what ``config.yaml`` records, so a resume or a rerun uses the same numbers.
     ``train_lengths``: the training examples' token counts (a token budget's batches depend on them)."""
     f, t = cfg.finetune, cfg.train
@@ -89,7 +95,7 @@ def resolve_schedule(cfg: RunConfig, explicit: set[str], train_lengths: list[int
     if "train.warmup_steps" not in explicit:
         t.warmup_steps = max(1, int(round(f.warmup_fraction * t.max_steps)))
     if "train.eval_every" not in explicit:
-        t.eval_every = max(1, min(per_epoch, t.max_steps))
+        t.eval_every = max(1, min(per_epoch, t.max_steps // 10))
     if "train.save_every" not in explicit:
         t.save_every = t.eval_every
     if "train.lr" not in explicit:
@@ -117,7 +123,9 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
                for name, (path, labels, mask) in splits.items() if path}
     trunk, tokenizer, base = load_trunk(modality, cfg.model.init_from, cfg.model.preset or None, cfg.model.overrides, f.tokenizer, cfg.train.seed)
     labels = task.fit([r.label for r in records["train"]], [r.where for r in records["train"]])
-    examples = {k: encode_records(v, tokenizer, task, labels, f.max_len) for k, v in records.items()}
+    # Training crops to max_len (the first max_len tokens); scored splits keep every residue (read
+    # in overlapping windows by foundry.finetune.evaluation), so no label drops out of a metric.
+    examples = {k: encode_records(v, tokenizer, task, labels, f.max_len if k == "train" else UNCUT) for k, v in records.items()}
     if checkpoint is None:
         resolve_schedule(cfg, explicit, [len(e.tokens) for e in examples["train"]])
     torch.manual_seed(cfg.train.seed)
@@ -161,15 +169,23 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
 
 
 def _finish(cfg: RunConfig, out: Path, result: dict, task, labels, examples: dict, load, save, probe, before, info: dict) -> dict[str, Any]:
-    """The best model, as saved, scored again on valid (and test); forgetting; the summary."""
+    """The best model, as saved, scored again on valid (and test) over every residue; per-class
+    reports and confusion PNGs (classification); test predictions; forgetting; the summary."""
     f = cfg.finetune
     if not (out / "best").is_dir():
         raise FoundryError(f"{out}: no evaluation gave a finite {result.get('metric', 'metric')}: there is no best model to keep")
     best = load(out / "best")
     if f.merge and f.strategy == "lora":
         save(best.model, out / "best", merge=True)
-    pad_id = best.tokenizer.pad_id
-    scores = {split: evaluate(best.model, task, labels, examples[split], f.batch_size, pad_id) for split in ("valid", "test") if split in examples}
+    pad_id, layout = best.tokenizer.pad_id, special_layout(best.tokenizer)
+    scored = {split: score(best.model, task, labels, examples[split], f.batch_size, pad_id, max_len=f.max_len, layout=layout)
+              for split in ("valid", "test") if split in examples}
+    scores = {split: s.metrics for split, s in scored.items()}
+    reports = {split: s.report for split, s in scored.items() if s.report is not None}
+    for split, report in reports.items():
+        write_confusion_png(out / f"confusion_{split}.png", report, f"{split}: {task.name}, best model (step {result['best_step']})")
+    if "test" in scored:
+        write_predictions(out / "test_predictions.csv", task, labels, examples["test"], scored["test"].logits, layout)
     after = probe.loss(best.model.trunk) if probe is not None else None
     summary = {
         "task": task.name, "strategy": f.strategy, "from": info["from"], "preset": cfg.model.preset or None,
@@ -177,13 +193,14 @@ def _finish(cfg: RunConfig, out: Path, result: dict, task, labels, examples: dic
         "max_steps": result["max_steps"], "stopped_early": result["stopped_early"],
         "train_examples": len(examples["train"]), "valid_examples": len(examples["valid"]), "test_examples": len(examples.get("test", [])),
         "trainable_parameters": info["trainable_parameters"], "parameters": info["parameters"], "labels": labels.names, **scores,
+        "classes": reports or None, "train_residues_cropped": sum(e.cut for e in examples["train"]),
         "forgetting": None if probe is None else {"objective": probe.objective_name, "loss_name": probe.loss_name, "data": probe.source,
                                                   "targets": probe.targets, "before": before, "after": after, "increase": after - before},
         "best_model": str(out / "best"),
     }
     log = MetricsLog(out / "metrics.jsonl")
     for split, values in scores.items():
-        log.write({"step": result["best_step"], "split": split, "final": True, **values})
+        log.write({"step": result["best_step"], "split": split, "final": True, **values, **({"classes": reports[split]} if split in reports else {})})
     if probe is not None:
         log.write({"step": result["best_step"], "forgetting_before": before, "forgetting_after": after, "forgetting_increase": after - before})
     log.close()
