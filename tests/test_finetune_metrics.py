@@ -100,3 +100,42 @@ def test_early_stopping_direction():
     assert M.is_better("rmse", 0.5, 0.7) and not M.is_better("rmse", 0.9, 0.7)
     assert M.is_better("spearman", 0.5, 0.4) and M.is_better("accuracy", 0.1, None)
     assert not M.is_better("accuracy", float("nan"), 0.1)
+
+
+def test_a_majority_class_collapse_shows_in_balanced_accuracy_mcc_and_per_class_recall():
+    # 50 / 48 rows, the model predicts the first class for all but two: accuracy looks like chance
+    y = np.array([0] * 50 + [1] * 48)
+    pred = np.array([0] * 49 + [1] + [0] * 47 + [1])
+    probs = np.eye(2)[pred]
+    m = M.classification_metrics(y, probs)
+    assert m["accuracy"] == pytest.approx(50 / 98)
+    assert m["balanced_accuracy"] == pytest.approx((49 / 50 + 1 / 48) / 2)
+    assert abs(m["mcc"]) < 0.05
+    report = M.class_report(y, pred, ["insoluble", "soluble"])
+    assert report["confusion"] == [[49, 1], [47, 1]]
+    assert report["recall"] == [pytest.approx(0.98), pytest.approx(1 / 48, abs=1e-6)]
+    assert report["precision"] == [pytest.approx(49 / 96, abs=1e-6), pytest.approx(0.5)]
+    assert report["support"] == [50, 48] and report["predicted"] == [96, 2]
+    assert M.format_class_report(report).splitlines()[2] == "soluble         0.500     0.021        48         2"
+
+
+def test_balanced_accuracy_ignores_absent_classes_and_undefined_precision_is_none():
+    y, pred = np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0])
+    assert M.balanced_accuracy(y, pred, 3) == pytest.approx(0.5)  # class 2 never occurs: not averaged in
+    report = M.class_report(y, pred, ["a", "b", "c"])
+    assert report["precision"] == [0.5, None, None] and report["recall"] == [1.0, 0.0, None]
+    assert "-" in M.format_class_report(report).splitlines()[2]
+
+
+def test_classification_tasks_stop_early_on_mcc_and_report_per_class():
+    assert get_task("sequence-classification").default_metric == "mcc"
+    assert get_task("residue-classification").default_metric == "mcc"
+    task = get_task("residue-classification")
+    info = task.fit(["HHEC"], ["x"])
+    logits = np.zeros((6, 3))
+    logits[np.arange(6), [0, 2, 2, 2, 0, 0]] = 1.0  # <cls> H H E C <eos> -> C H H H C C
+    target = np.array([IGNORE, 2, 2, 1, 0, IGNORE])
+    report = task.class_report([logits], [target], info)
+    assert report["classes"] == ["C", "E", "H"] and report["support"] == [1, 1, 2]
+    assert report["confusion"] == [[1, 0, 0], [0, 0, 1], [0, 0, 2]]
+    assert task.label_text(target[1:-1], info) == "HHEC"
