@@ -53,12 +53,21 @@ def test_bad_fasta_fails_with_one_line_and_leaves_no_run(tmp_path):
     assert not out.exists()
 
 
+def test_rows_longer_than_the_model_positions_are_refused_before_training(tmp_path):
+    result = foundry("protein", "pretrain", "--out", str(tmp_path / "run"), *TINY, "--set", "data.max_len=2048",
+                     "--set", "data.batch_tokens=4096", check=False)
+    assert result.returncode == 2 and not (tmp_path / "run").exists()
+    assert result.stderr.strip().endswith("data.max_len 2048: the model has 1026 positions; set data.max_len <= 1026")
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
         (["--model", "esm2_t6_9M"], "unknown protein preset 'esm2_t6_9M'. Did you mean 'esm2_t6_8M'?"),
         (["--set", "train.lrr=1"], "unknown config key train.lrr. Did you mean train.lr?"),
         (["--data", "does/not/exist.fasta"], "does/not/exist.fasta: no such file or directory"),
+        (["--set", "objective.name=clm"], "objective clm needs a causal model; this one is masked"),
+        (["--set", "objective.name=mln"], "unknown objective 'mln'. Did you mean 'mlm'?"),
     ],
 )
 def test_bad_arguments_name_what_is_wrong(tmp_path, args, expected):
