@@ -18,6 +18,7 @@ from transformers import AutoModelForMaskedLM, EsmConfig, EsmForMaskedLM, EsmMod
 
 from foundry.convert import build_model, export_fair_esm, export_hf, import_model, load_fair_esm, load_hf, read_hf
 from foundry.errors import CheckpointError, FoundryError
+from modalities.protein.contact_head import predict_contacts
 
 FASTA = Path("/work/shared/data/protein_sequences/esm/some_proteins.fasta")
 TOL = 1e-5
@@ -96,8 +97,7 @@ def real(tokens):
 def fair(tmp_path_factory):
     ref = fair_esm_model()
     path = save_fair_esm(ref, tmp_path_factory.mktemp("fair") / "esm2_t2_tiny.pt")
-    cfg, state, contact = load_fair_esm(path)
-    return ref, build_model(cfg, state, contact), path
+    return ref, import_model(path).model, path  # the regression file becomes the attached contact head
 
 
 def test_fair_esm_logits_hidden_and_attention_match(fair, batch):
@@ -114,10 +114,10 @@ def test_fair_esm_logits_hidden_and_attention_match(fair, batch):
 
 def test_fair_esm_without_token_dropout(tmp_path, batch):
     ref = fair_esm_model(token_dropout=False)
-    cfg, state, contact = load_fair_esm(save_fair_esm(ref, tmp_path / "esm2_t2_nodrop.pt"))
+    cfg, state, _ = load_fair_esm(save_fair_esm(ref, tmp_path / "esm2_t2_nodrop.pt"))
     assert cfg.token_dropout is False
     with torch.no_grad():
-        diff = ref(batch)["logits"] - build_model(cfg, state, contact)(batch).logits
+        diff = ref(batch)["logits"] - build_model(cfg, state)(batch).logits
     assert diff[real(batch)].abs().max() <= TOL
 
 
@@ -125,7 +125,7 @@ def test_fair_esm_contacts_match_predict_contacts(fair, batch):
     ref, ours, _ = fair
     with torch.no_grad():
         expected = ref.predict_contacts(batch)
-    got = ours.predict_contacts(batch)
+    got = predict_contacts(ours, batch)  # the protein plugin's head (modalities/protein/contact_head.py)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() <= TOL
 
@@ -221,7 +221,7 @@ def test_hf_esm_export_and_full_round_trip(fair, batch, tmp_path):
         got_back = back(batch).logits
     assert (expected - got_hf)[mask].abs().max() <= TOL
     assert (expected - got_back)[mask].abs().max() <= TOL
-    assert (ref.predict_contacts(batch) - back.predict_contacts(batch)).abs().max() <= TOL
+    assert (ref.predict_contacts(batch) - predict_contacts(back, batch)).abs().max() <= TOL
     # HF's contact head runs on the exported regression weights too
     assert (contacts_hf - ref.predict_contacts(batch)).abs().max() <= TOL
 
