@@ -151,6 +151,9 @@ def export_hf(model: Transformer, tokenizer, out_dir, modality: str | None = Non
     from safetensors.torch import save_file
 
     cfg = model.config
+    if not cfg.causal and cfg.lm_head != "esm":
+        raise FoundryError(f"model {cfg.name!r}: a masked-LM model exports to transformers as ESM, which needs lm_head='esm' "
+                           f"(this one has lm_head={cfg.lm_head!r})")
     fam = hf_esm if cfg.lm_head == "esm" else hf_gpt2 if cfg.pos == "learned" else hf_llama
     hf_config = fam.hf_config(cfg)
     generation = _generation_config(cfg, tokenizer)
