@@ -8,8 +8,8 @@ Input: a CSV/TSV table with a sequence column (and optional id), a file the moda
 Nothing is cut: sequences longer than the model's window are read in overlapping windows
 (``foundry.finetune.evaluation``), so every residue gets a prediction. A table that also has the
 model's label column is scored: the metrics (and, for classification, per-class precision / recall
-and the confusion matrix) are printed and written to ``<output>_metrics.json``, and a ``label``
-column sits beside the prediction. ``probabilities=True`` writes, for per-residue classification,
+and the confusion matrix) are printed and written to ``<output>_metrics.json``; the CSV keeps
+the columns of an unlabelled input. ``probabilities=True`` writes, for per-residue classification,
 ``<output>_residues.csv``: one row per residue (id, position, residue, prediction, [label],
 p_<state> ...), a table a spreadsheet opens and filters by id.
 """
@@ -95,14 +95,14 @@ def _read_examples(ft: FinetunedModel, path: Path, columns: Columns, readers, wa
     return encode_records(records, ft.tokenizer, task, None, UNCUT), False
 
 
-def prediction_rows(task, labels, examples, logits, layout: tuple[int, int]) -> tuple[list[dict], list[np.ndarray]]:
-    """One CSV row per example (id, sequence, the task's prediction columns, and ``label`` when the
-    example has a target the task can write back); per-pair probability maps for pair tasks."""
+def prediction_rows(task, labels, examples, logits, layout: tuple[int, int], with_labels: bool = False) -> tuple[list[dict], list[np.ndarray]]:
+    """One CSV row per example (id, sequence, the task's prediction columns, and with ``with_labels``
+    a ``label`` column where the task can write the target back); per-pair probability maps for pair tasks."""
     rows, maps = [], []
     for example, out in zip(examples, logits):
         out, target = residues_only(task.level, out, example, layout), example.target
         row = {"id": example.id, "sequence": example.sequence, **task.describe(np.asarray(out), labels)}
-        if target is not None and task.level != "pair":
+        if with_labels and target is not None and task.level != "pair":
             text = task.label_text(residues_only(task.level, target, example, layout), labels)
             if text is not None:
                 row["label"] = text
@@ -115,7 +115,7 @@ def prediction_rows(task, labels, examples, logits, layout: tuple[int, int]) -> 
 def write_predictions(path: Path, task, labels, examples: list, logits: list, layout: tuple[int, int]) -> None:
     """The CSV of a scored split (``finetune --test``: ``OUT/test_predictions.csv``): the prediction
     columns with the true ``label`` beside each prediction."""
-    rows, _ = prediction_rows(task, labels, examples, logits, layout)
+    rows, _ = prediction_rows(task, labels, examples, logits, layout, with_labels=True)
     write_csv(path, list(rows[0]) if rows else ["id", "sequence", "prediction"], rows)
 
 
