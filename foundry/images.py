@@ -63,16 +63,18 @@ def _colors(values: np.ndarray) -> np.ndarray:
 def pair_map_image(values: np.ndarray, truth: np.ndarray | None = None, min_side: int = 400,
                    value_label: str = "probability", truth_label: str = "true pairs", axis_label: str = "position",
                    first: int = 1) -> np.ndarray:
-    """(L, L) values in [0, 1] -> an RGB picture a person can read: the map (white -> dark blue),
-    axes numbered in sequence positions (``first`` = the number of row 0), a colour bar. With
+    """(L, L) values in [0, 1] -> an RGB picture a person can read: the map (white -> dark blue,
+    the darkest at the map's largest value, so faint maps stay visible), axes numbered in sequence
+    positions (``first`` = the number of row 0), a colour bar in the values' units. With
     ``truth`` (1 / 0 / -1 unknown), the lower triangle also marks the true pairs in red and greys
     unknown pairs; the upper triangle shows the values alone."""
     from .images_font import HEIGHT, draw_text, text_width
 
-    v = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0, 1)
     n = v.shape[0]
+    top_value = float(v.max()) if v.size and v.max() > 0 else 1.0
     scale = max(1, -(-min_side // max(1, n)))
-    cells = _colors(v)
+    cells = _colors(v / top_value)
     if truth is not None:
         truth = np.asarray(truth)
         lower = np.tril(np.ones(v.shape, dtype=bool), k=-1)
@@ -87,7 +89,8 @@ def pair_map_image(values: np.ndarray, truth: np.ndarray | None = None, min_side
     label_w = text_width(str(first + n - 1))
     left, top, bottom = label_w + 8 + HEIGHT + 6, 8 + (HEIGHT + 6 if truth is not None else 0), HEIGHT * 2 + 18
     bar_x = left + side + 14
-    right = 14 + 12 + 6 + text_width("0.5") + 6 + HEIGHT + 4
+    bar_labels = [(1.0, f"{top_value:.2g}"), (0.5, f"{top_value / 2:.2g}"), (0.0, "0")]
+    right = 14 + 12 + 6 + max(text_width(t) for _, t in bar_labels) + 6 + HEIGHT + 4
     img = np.full((top + side + bottom, left + side + right, 3), 255, dtype=np.uint8)
     img[top : top + side, left : left + side] = grid.round().astype(np.uint8)
     img[top - 1, left - 1 : left + side + 1] = img[top + side, left - 1 : left + side + 1] = 0  # frame
@@ -100,12 +103,12 @@ def pair_map_image(values: np.ndarray, truth: np.ndarray | None = None, min_side
         draw_text(img, str(t), left - 6 - text_width(str(t)), top + at - HEIGHT // 2)
     draw_text(img, axis_label, left + side // 2 - text_width(axis_label) // 2, top + side + HEIGHT + 10)
     draw_text(img, axis_label, 2, top + side // 2 + text_width(axis_label) // 2, vertical=True)
-    # colour bar: 1 at the top, 0 at the bottom
+    # colour bar: the largest value at the top, 0 at the bottom
     ramp = _colors(np.linspace(1, 0, side))[:, None, :].repeat(12, axis=1)
     img[top : top + side, bar_x : bar_x + 12] = ramp.round().astype(np.uint8)
     img[top - 1, bar_x - 1 : bar_x + 13] = img[top + side, bar_x - 1 : bar_x + 13] = 0
     img[top - 1 : top + side + 1, bar_x - 1] = img[top - 1 : top + side + 1, bar_x + 12] = 0
-    for value, text in ((1.0, "1"), (0.5, "0.5"), (0.0, "0")):
+    for value, text in bar_labels:
         y = top + round((1 - value) * (side - 1))
         img[y, bar_x + 12 : bar_x + 16] = 0
         draw_text(img, text, bar_x + 18, min(max(y - HEIGHT // 2, 0), img.shape[0] - HEIGHT))
