@@ -44,6 +44,7 @@ from .store import load_finetuned, save_finetuned
 from .strategies import apply_strategy, base_transformer, count_trainable
 from .tasks import get_task
 from .evaluation import UNCUT, score
+from .metrics import format_class_report
 from .workload import FinetuneSettings, FinetuneWorkload
 
 #: learning rates when none is given: a trunk that trains fully moves less than a fresh head/adapter
@@ -183,7 +184,7 @@ def _finish(cfg: RunConfig, out: Path, result: dict, task, labels, examples: dic
     scores = {split: s.metrics for split, s in scored.items()}
     reports = {split: s.report for split, s in scored.items() if s.report is not None}
     for split, report in reports.items():
-        write_confusion_png(out / f"confusion_{split}.png", report, f"{split}: {task.name}, best model (step {result['best_step']})")
+        write_confusion_png(out / f"confusion_{split}.png", report, f"{split}: {task.name} - best model (step {result['best_step']})")
     if "test" in scored:
         write_predictions(out / "test_predictions.csv", task, labels, examples["test"], scored["test"].logits, layout)
     after = probe.loss(best.model.trunk) if probe is not None else None
@@ -212,9 +213,12 @@ def format_report(summary: dict) -> str:
     """The final table: one row per split, the task's metrics as columns, then forgetting."""
     splits = [s for s in ("valid", "test") if s in summary]
     columns = [k for k in summary["valid"] if k != "loss"] + ["loss"]
-    lines = [f"{'split':8s}" + "".join(f"{c:>10s}" for c in columns)]
+    widths = [max(10, len(c) + 2) for c in columns]
+    lines = [f"{'split':8s}" + "".join(f"{c:>{w}s}" for c, w in zip(columns, widths))]
     for s in splits:
-        lines.append(f"{s:8s}" + "".join(f"{summary[s].get(c, float('nan')):10.4f}" for c in columns))
+        lines.append(f"{s:8s}" + "".join(f"{summary[s].get(c, float('nan')):{w}.4f}" for c, w in zip(columns, widths)))
+    for s, report in (summary.get("classes") or {}).items():  # per class: a collapse to one class shows here
+        lines.append(format_class_report(report, f"{s}: per class (best model)"))
     f = summary.get("forgetting")
     if f:
         lines.append(f"forgetting: {f['loss_name']} on held-out pretraining data ({f['data']}) {f['before']:.4f} -> {f['after']:.4f} ({f['increase']:+.4f})")
