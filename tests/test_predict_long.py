@@ -147,3 +147,20 @@ def test_probabilities_are_refused_for_a_regression_model(tmp_path):
     result = run_cli("protein", "predict", "--model", tmp_path / "reg", fasta, "-o", tmp_path / "p.csv", "--probabilities")
     assert result.exit_code == 2
     assert f"error: --probabilities: {tmp_path / 'reg'} is a sequence-regression model; it predicts numbers, not classes" in result.stderr
+
+
+def test_sequence_outputs_average_the_windows_weighted_by_residues_and_far_pairs_rank_last():
+    model, tok = _model("sequence")
+    [example] = encode_records(read_records_from([LONG]), tok, get_task("sequence-regression"), None, UNCUT)
+    [got] = predict_logits(model, [example], 4, tok.pad_id, "sequence", max_len=12, layout=(1, 1))
+    tokens = example.tokens
+    model.eval()
+    with torch.no_grad():
+        outs = [model(torch.from_numpy(np.r_[tokens[:1], tokens[1 + s : 11 + s], tokens[-1:]])[None])[0].numpy()
+                for s in window_starts(30, 10)]
+    np.testing.assert_allclose(got, np.mean(outs, 0), atol=1e-5)  # every window holds 10 residues: equal weights
+    pair_model, _ = _model("pair")
+    [pairs] = predict_logits(pair_model, [example], 4, tok.pad_id, "pair", max_len=12, layout=(1, 1))
+    assert pairs.shape == (32, 32) and np.isfinite(pairs).all()
+    # residues 1 and 30 (tokens 1 and 30) never share a window: ranked below every pair that does
+    assert pairs[1, 30] == pairs.min() and pairs[1, 2] > pairs.min()
