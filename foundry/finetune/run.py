@@ -194,7 +194,8 @@ def _finish(cfg: RunConfig, out: Path, result: dict, task, labels, examples: dic
         "max_steps": result["max_steps"], "stopped_early": result["stopped_early"],
         "train_examples": len(examples["train"]), "valid_examples": len(examples["valid"]), "test_examples": len(examples.get("test", [])),
         "trainable_parameters": info["trainable_parameters"], "parameters": info["parameters"], "labels": labels.names, **scores,
-        "classes": reports or None, "train_residues_cropped": sum(e.cut for e in examples["train"]),
+        "classes": reports or None, "max_len": f.max_len, "train_residues_cropped": sum(e.cut for e in examples["train"]),
+        "train_sequences_cropped": sum(1 for e in examples["train"] if e.cut),
         "forgetting": None if probe is None else {"objective": probe.objective_name, "loss_name": probe.loss_name, "data": probe.source,
                                                   "targets": probe.targets, "before": before, "after": after, "increase": after - before},
         "best_model": str(out / "best"),
@@ -219,6 +220,9 @@ def format_report(summary: dict) -> str:
         lines.append(f"{s:8s}" + "".join(f"{summary[s].get(c, float('nan')):{w}.4f}" for c, w in zip(columns, widths)))
     for s, report in (summary.get("classes") or {}).items():  # per class: a collapse to one class shows here
         lines.append(format_class_report(report, f"{s}: per class (best model)"))
+    if summary.get("train_sequences_cropped"):
+        lines.append(f"note: training read the first {summary['max_len']} tokens of {summary['train_sequences_cropped']} longer "
+                     f"sequences ({summary['train_residues_cropped']} residues cropped); valid and test were scored on every residue")
     f = summary.get("forgetting")
     if f:
         lines.append(f"forgetting: {f['loss_name']} on held-out pretraining data ({f['data']}) {f['before']:.4f} -> {f['after']:.4f} ({f['increase']:+.4f})")
