@@ -85,7 +85,7 @@ def embed_command(model, batch_tokens, device, dtype, fasta, out, layers, fmt, p
               help="Fit the contact head on these PDB/mmCIF files (a file or folder; a handful suffices) and save it "
                    "in the --model directory (Rao et al. 2020: L1 logistic regression on APC-corrected attention).")
 @click.option("--l1", type=click.FloatRange(min=0), default=None,
-              help="--fit: L1 strength on standardised attention features (default 0.01; larger keeps fewer heads).")
+              help="--fit: L1 strength on standardised attention features (default 0.001; larger keeps fewer maps).")
 @click.option("--replace-head", is_flag=True, help="--fit: replace the model's existing contact head.")
 def contacts_command(model, batch_tokens, device, dtype, input_path, out, chain, overwrite, fit_path, l1, replace_head):
     """Predicted contact maps (.npy + .png) for FASTA records or PDB/mmCIF chains; with --fit,
