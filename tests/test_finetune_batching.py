@@ -11,6 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import FINETUNE_DATA, head_rows
 from foundry.finetune.data import BUCKET_BATCHES, Example, batch_plan
@@ -155,8 +156,9 @@ def test_finetune_batch_tokens_sets_the_steps_and_logs_real_tokens_and_padding(t
     stream = ExampleStream(examples, 16, tokenizer.pad_id, "residue", seed=0, batch_tokens=1024)
     per_epoch = len(stream.plan(0))
     assert per_epoch != -(-len(examples) // 16)  # the plan's batches, not those of 16 rows
-    config = (out / "config.yaml").read_text()
-    assert "batch_tokens: 1024" in config and f"max_steps: {2 * per_epoch}" in config and f"eval_every: {per_epoch}" in config
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["finetune"]["batch_tokens"] == 1024
+    assert (config["train"]["max_steps"], config["train"]["eval_every"]) == (2 * per_epoch, per_epoch)
 
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"lr"' in line]
     assert [s["step"] for s in steps] == list(range(1, 2 * per_epoch + 1))
