@@ -87,7 +87,7 @@ def test_code_plugin(tmp_path):
     assert manager.register_plugin(code_plugin, "code") is not None
     assert "bpe" not in manager.tokenizers  # the text plugin owns the "bpe" kind
     code = manager.modality("code")
-    assert code.objective == "clm" and code.readers == ("source",) and code.default_preset == "llama-tiny"
+    assert code.objective == "fim" and code.readers == ("source",) and code.default_preset == "llama-tiny"
     assert code.default_data() == [STDLIB] and code.config_defaults["data.max_len"] == 512
     assert manager.readers.get("source").skip_dirs
     docs = [Document(id="a.py", text="def f(x):\n    return x\n" * 200)]
