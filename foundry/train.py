@@ -214,9 +214,8 @@ def _optimizer_step(workload: Workload, model, optimizer, accelerator: Accelerat
     world_size = accelerator.num_processes
     return {
         "step": state.step, "loss": float(stats[0]) / world_size if stats[3] == 0 else None, "lr": lr, "tokens": state.tokens,
-        "padding_fraction": 1.0 - float(stats[1]) / max(1.0, float(stats[2])),
         "grad_norm": float(grad_norm) if t.clip_norm > 0 and stats[3] == 0 else None,
-        "new_tokens": int(stats[1]), "stop_signal": bool(stats[4] > 0), **extras,
+        "new_tokens": int(stats[1]), "new_slots": int(stats[2]), "stop_signal": bool(stats[4] > 0), **extras,
     }
 
 
@@ -305,19 +304,23 @@ class Reporter:
         main = accelerator.is_main_process
         self.log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=step) if main else None
         self.bar = tqdm(total=t.max_steps, initial=step, disable=not (t.progress and main), dynamic_ncols=True, unit="step")
-        self.window_tokens, self.window_start = 0, time.perf_counter()
+        self.window_tokens, self.window_slots, self.window_start = 0, 0, time.perf_counter()
         self.closed = False
 
     def step(self, record: dict[str, Any], write: bool) -> None:
-        record = {k: v for k, v in record.items() if k not in ("new_tokens", "stop_signal")} | {"_new": record["new_tokens"]}
-        self.window_tokens += record.pop("_new")
+        """Count one optimizer step; ``write``: log the window since the last written line
+        (tokens/s and the padding fraction over the window, not the last step alone)."""
+        self.window_tokens += record["new_tokens"]
+        self.window_slots += record["new_slots"]
+        record = {k: v for k, v in record.items() if k not in ("new_tokens", "new_slots", "stop_signal")}
         self.bar.update(1)
         if not write or self.log is None:
             return
         elapsed = time.perf_counter() - self.window_start
         record["tokens_per_s"] = self.window_tokens / elapsed if elapsed > 0 else float("nan")
+        record["padding_fraction"] = 1.0 - self.window_tokens / max(1, self.window_slots)
         self._write(record)
-        self.window_tokens, self.window_start = 0, time.perf_counter()
+        self.window_tokens, self.window_slots, self.window_start = 0, 0, time.perf_counter()
         loss = record["loss"]
         self.bar.set_postfix(loss="skipped" if loss is None else f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
 

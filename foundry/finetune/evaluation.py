@@ -73,7 +73,7 @@ def infer_layout(tokens: np.ndarray, special_ids) -> tuple[int, int]:
 
 @torch.no_grad()
 def predict_logits(model: FinetuneModel, examples: list[Example], batch_size: int, pad_id: int, level: str, device="cpu", *,
-                   max_len: int | None = None, layout: tuple[int, int] | None = None) -> list[np.ndarray]:
+                   max_len: int | None = None, layout: tuple[int, int] | None = None, batch_tokens: int | None = None) -> list[np.ndarray]:
     """Head outputs per example, in input order, over the example's own tokens: (C,) for a
     sequence, (T, C) per residue, (T, T) per pair. Examples longer than the window (``max_len``
     tokens, default the trunk's ``max_position``) are read in overlapping windows (module doc).
@@ -97,7 +97,7 @@ def predict_logits(model: FinetuneModel, examples: list[Example], batch_size: in
     was_training = model.training
     model.eval()
     outputs: list[np.ndarray | None] = [None] * len(pieces)
-    for batch in batches(pieces, batch_size, pad_id, level):
+    for batch in batches(pieces, batch_size, pad_id, level, batch_tokens=batch_tokens):
         logits = model(batch.tokens.to(device)).float().cpu().numpy()
         for row, k in enumerate(batch.index):
             t = len(pieces[k].tokens)
@@ -122,7 +122,7 @@ def _assemble(examples, outputs, owners, level: str, front: int, back: int) -> l
             weights = np.array([n for _, n, _ in parts], np.float64)
             result.append((np.stack([o for _, _, o in parts]) * (weights / weights.sum()).reshape(-1, *[1] * parts[0][2].ndim)).sum(0))
             continue
-        first, last = parts[0][2], parts[-1][2]
+        first = parts[0][2]
         shape = (t, t) + first.shape[2:] if level == "pair" else (t,) + first.shape[1:]
         total, count = np.zeros(shape, np.float64), np.zeros(shape[:2] if level == "pair" else shape[:1], np.float64)
         for start, n, out in parts:
@@ -144,9 +144,10 @@ def _assemble(examples, outputs, owners, level: str, front: int, back: int) -> l
 
 
 def score(model, task: Task, labels: LabelInfo, examples: list[Example], batch_size: int, pad_id: int, device="cpu", *,
-          max_len: int | None = None, layout: tuple[int, int] | None = None) -> Scores:
+          max_len: int | None = None, layout: tuple[int, int] | None = None, batch_tokens: int | None = None) -> Scores:
     """``examples`` (with targets) scored: metrics, the task loss, the per-class report, the outputs."""
-    logits = predict_logits(model, examples, batch_size, pad_id, task.level, device, max_len=max_len, layout=layout)
+    logits = predict_logits(model, examples, batch_size, pad_id, task.level, device, max_len=max_len, layout=layout,
+                            batch_tokens=batch_tokens)
     targets = [e.target for e in examples]
     metrics = task.metrics(logits, targets, labels)
     with torch.no_grad():
@@ -157,6 +158,7 @@ def score(model, task: Task, labels: LabelInfo, examples: list[Example], batch_s
 
 
 def evaluate(model, task: Task, labels: LabelInfo, examples: list[Example], batch_size: int, pad_id: int, device="cpu", *,
-             max_len: int | None = None, layout: tuple[int, int] | None = None) -> dict[str, float]:
+             max_len: int | None = None, layout: tuple[int, int] | None = None, batch_tokens: int | None = None) -> dict[str, float]:
     """The task's metrics on ``examples`` and the task loss, for the record."""
-    return score(model, task, labels, examples, batch_size, pad_id, device, max_len=max_len, layout=layout).metrics
+    return score(model, task, labels, examples, batch_size, pad_id, device, max_len=max_len, layout=layout,
+                 batch_tokens=batch_tokens).metrics

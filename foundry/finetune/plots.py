@@ -25,7 +25,7 @@ def _printable(text: str) -> str:
     from .. import images_font
 
     glyphs = getattr(images_font, "_GLYPHS", {})
-    return "".join(c if c in glyphs or not c.lower() in glyphs else c.lower() for c in text)
+    return "".join(c if c in glyphs or c.lower() not in glyphs else c.lower() for c in text)
 
 
 def _text(image: np.ndarray, text: str, x: int, y: int, color=(0, 0, 0)) -> None:

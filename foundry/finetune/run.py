@@ -90,7 +90,8 @@ def resolve_schedule(cfg: RunConfig, explicit: set[str], train_lengths: list[int
     ``train_lengths``: the training examples' token counts (a token budget's batches depend on them)."""
     f, t = cfg.finetune, cfg.train
     batches = batch_plan(train_lengths, batch_size=f.batch_size, batch_tokens=f.batch_tokens, seed=t.seed, epoch=0)
-    per_epoch = math.ceil(len(batches) / t.grad_accum)
+    # Each optimizer step takes grad_accum batches on every process.
+    per_epoch = math.ceil(len(batches) / (t.grad_accum * process_state().num_processes))
     if "train.max_steps" not in explicit:
         t.max_steps = max(1, f.epochs * per_epoch)
     if "train.warmup_steps" not in explicit:
@@ -150,7 +151,8 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
         m.load_state_dict(load(directory).model.state_dict())
 
     metric = f.metric or task.default_metric
-    settings = FinetuneSettings(f.batch_size, cfg.train.weight_decay, f.layer_decay, f.l2sp, f.replay, f.strategy, metric, f.batch_tokens)
+    settings = FinetuneSettings(f.batch_size, cfg.train.weight_decay, f.layer_decay, f.l2sp, f.replay, f.strategy, metric, f.batch_tokens,
+                                f.max_len)
     workload = FinetuneWorkload(model, task, labels, examples["train"], examples["valid"], tokenizer.pad_id, settings, cfg.train.seed,
                                 save, restore, replay)
     with locked(out, enabled=main_process):
@@ -179,7 +181,8 @@ def _finish(cfg: RunConfig, out: Path, result: dict, task, labels, examples: dic
     if f.merge and f.strategy == "lora":
         save(best.model, out / "best", merge=True)
     pad_id, layout = best.tokenizer.pad_id, special_layout(best.tokenizer)
-    scored = {split: score(best.model, task, labels, examples[split], f.batch_size, pad_id, max_len=f.max_len, layout=layout)
+    scored = {split: score(best.model, task, labels, examples[split], f.batch_size, pad_id, max_len=f.max_len, layout=layout,
+                           batch_tokens=f.batch_tokens)
               for split in ("valid", "test") if split in examples}
     scores = {split: s.metrics for split, s in scored.items()}
     reports = {split: s.report for split, s in scored.items() if s.report is not None}

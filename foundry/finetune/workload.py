@@ -84,6 +84,7 @@ class FinetuneSettings:
     strategy: str
     metric: str
     batch_tokens: int | None = None  # a token budget per micro-batch instead of batch_size rows
+    max_len: int | None = None  # validation reads longer sequences in windows of this many tokens
 
 
 class FinetuneWorkload:
@@ -145,7 +146,8 @@ class FinetuneWorkload:
 
     def evaluate(self, model, accelerator) -> dict[str, float]:
         unwrapped = accelerator.unwrap_model(model)
-        result = evaluate(unwrapped, self.task, self.labels, self.valid, self.settings.batch_size, self.pad_id, accelerator.device)
+        result = evaluate(unwrapped, self.task, self.labels, self.valid, self.settings.batch_size, self.pad_id, accelerator.device,
+                          max_len=self.settings.max_len, batch_tokens=self.settings.batch_tokens)
         if not np.isfinite(result["loss"]):
             # Outputs that overflowed still "score" (the argmax of NaN logits is class 0); such a
             # model must never become OUT/best.
