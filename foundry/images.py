@@ -129,6 +129,3 @@ def _mark(grid: np.ndarray, pairs: np.ndarray, scale: int) -> None:
         else:
             cell[...] = TRUE_COLOR
 
-
-#: TRANSITIONAL name, until foundry/finetune/predict.py calls pair_map_image
-contact_image = pair_map_image

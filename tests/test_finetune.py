@@ -216,18 +216,18 @@ def test_finetune_from_a_fair_esm_checkpoint_with_an_unmerged_adapter(tmp_path, 
 
 
 def test_attention_contact_head_equals_the_trunks_esm_contact_head(pretrained):
-    from foundry.finetune.heads import AttentionContactLogits
     from modalities.protein.alphabet import EsmTokenizer
+    from modalities.protein.contact_head import ContactRegression, attach_contact_head, predict_contacts
 
     tok = EsmTokenizer()
     trunk = load_model(pretrained).model
-    esm_head = trunk.attach_contact_head()
+    esm_head = attach_contact_head(trunk)
     torch.nn.init.normal_(esm_head.regression.weight)
-    ours = AttentionContactLogits(2, 4)
+    ours = ContactRegression(2, 4)
     ours.regression.load_state_dict(esm_head.regression.state_dict())
     model = FinetuneModel(trunk, ours, tok.special_ids, tok.pad_id, 2).eval()
     tokens = torch.from_numpy(tok.encode("MKTAYIAKQRQISFVKSHFSRQLEERLGL"))[None]
     with torch.no_grad():
-        expected = trunk.predict_contacts(tokens)  # (1, L, L) over residues
+        expected = predict_contacts(trunk, tokens)  # (1, L, L) over residues
         got = torch.sigmoid(model(tokens))[:, 1:-1, 1:-1]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -13,6 +13,7 @@ from foundry import plugins
 from foundry.errors import CheckpointError
 from foundry.model import Transformer, from_name
 from foundry.model.store import load_model, save_model
+from modalities.protein.contact_head import attach_contact_head, contact_head_of, predict_contacts
 
 
 class LetterTokenizer:
@@ -49,9 +50,9 @@ def registered(monkeypatch):
 def model():
     torch.manual_seed(0)
     m = Transformer(from_name("esm2_tiny", n_layer=2))
-    m.attach_contact_head()
+    head = attach_contact_head(m)
     with torch.no_grad():
-        m.contact_head.regression.weight.normal_()
+        head.regression.weight.normal_()
     return m.eval()
 
 
@@ -70,7 +71,7 @@ def test_round_trip_keeps_logits_contacts_tokenizer_and_extras(tmp_path, model, 
     assert isinstance(loaded.tokenizer, LetterTokenizer)
     with torch.no_grad():
         assert torch.equal(loaded.model(tokens()).logits, model(tokens()).logits)
-    assert torch.equal(loaded.model.predict_contacts(tokens()), model.predict_contacts(tokens()))
+    assert torch.equal(predict_contacts(loaded.model, tokens()), predict_contacts(model, tokens()))
     assert all(p.device.type == "cpu" for p in loaded.model.parameters())
 
 
@@ -153,8 +154,8 @@ def test_import_then_store_keeps_the_contact_head(tmp_path):
     from foundry.convert import import_model
 
     m = Transformer(from_name("esm2_tiny", n_layer=2))
-    m.attach_contact_head()
+    attach_contact_head(m)
     save_model(tmp_path / "m", m, None, "protein")
     assert (tmp_path / "m" / "contact_head.safetensors").exists()
     again = import_model(tmp_path / "m")
-    assert again.source_format == "foundry" and again.model.contact_head is not None
+    assert again.source_format == "foundry" and contact_head_of(again.model) is not None

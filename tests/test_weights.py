@@ -23,6 +23,7 @@ from foundry.finetune.tasks import LabelInfo, get_task
 from foundry.model import Transformer, from_name
 from foundry.model.store import load_model, save_model
 from modalities.protein.alphabet import EsmTokenizer
+from modalities.protein.contact_head import attach_contact_head
 
 TINY = {"n_layer": 1, "d_model": 32, "n_head": 2, "d_ff": 64}
 
@@ -32,7 +33,7 @@ def model_dir(tmp_path) -> Path:
     torch.manual_seed(0)
     tok = EsmTokenizer()
     model = Transformer(from_name("esm2_tiny", vocab_size=tok.vocab_size, **TINY))
-    model.attach_contact_head()
+    attach_contact_head(model)
     return save_model(tmp_path / "m", model, tok, "protein")
 
 

@@ -1,6 +1,6 @@
 """Outside weight formats <-> foundry, one file per format, each with an explicit weight map.
 
-    fair_esm.py   fair-esm ESM-2 ``.pt`` (+ contact regression)      load_fair_esm / export_fair_esm
+    fair_esm.py   fair-esm ESM-2 ``.pt`` (+ its regression file)      load_fair_esm / export_fair_esm
     hf.py         HF directories, dispatching on model_type to:      load_hf / read_hf / export_hf
       hf_esm.py     EsmForMaskedLM / EsmModel (ESM-2)
       hf_llama.py   LlamaForCausalLM / MistralForCausalLM (GQA, sliding window)
@@ -20,6 +20,7 @@ from ..errors import CheckpointError
 from ..model.config import ModelConfig
 from ..model.transformer import Transformer
 from .common import build_model
+from . import fair_esm, hf_esm
 from .fair_esm import export_fair_esm, load_fair_esm
 from .hf import export_hf, load_hf, read_hf
 from .hub import resolve_model_path
@@ -51,15 +52,15 @@ def import_model(spec, allow_missing_head: bool = False) -> ImportedModel:
     path = resolve_model_path(spec)
     fmt = detect_format(path)
     if fmt == "fair-esm":
-        cfg, state, contact = load_fair_esm(path)
-        return ImportedModel(build_model(cfg, state, contact), cfg, fmt, path)
+        cfg, state, extra = load_fair_esm(path)
+        return ImportedModel(build_model(cfg, state, fair_esm.head_attachments(cfg, extra)), cfg, fmt, path)
     if fmt == "foundry":
         from ..model.store import load_model
 
         loaded = load_model(path)
         return ImportedModel(loaded.model, loaded.config, fmt, path)
     imported = read_hf(path, allow_missing_head)
-    model = build_model(imported.config, imported.state, imported.contact_head)
+    model = build_model(imported.config, imported.state, hf_esm.head_attachments(imported.config, imported.head_state))
     return ImportedModel(model, imported.config, f"hf-{imported.model_type}", path)
 
 

@@ -173,17 +173,12 @@ def require(config: dict[str, Any], key: str, path: Path, default: Any = ...) ->
     raise CheckpointError(f"{path}: config has no {key!r}")
 
 
-def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], contact_head: dict | None = None) -> Transformer:
-    """A ``Transformer`` holding exactly the given tensors (assigned, not copied)."""
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], attachments: dict | None = None) -> Transformer:
+    """A ``Transformer`` holding exactly the given tensors (assigned, not copied), with the
+    converter's ``attachments`` (``{name: head module}``, e.g. ``fair_esm.head_attachments``)."""
     with torch.device("meta"):
         model = Transformer(cfg)
     model.load_state_dict(state, strict=True, assign=True)
-    if contact_head is not None:
-        n_feat = contact_head["regression.weight"].shape[-1]
-        if n_feat != cfg.n_layer * cfg.n_head:
-            raise CheckpointError(
-                f"contact head has {n_feat} features, expected n_layer * n_head = {cfg.n_layer * cfg.n_head}"
-            )
-        head = model.attach_contact_head()
-        head.load_state_dict(contact_head, strict=True)
+    for name, head in (attachments or {}).items():
+        model.attach(name, head)
     return model.eval()

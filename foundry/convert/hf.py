@@ -31,7 +31,7 @@ FAMILIES: tuple[ModuleType, ...] = (hf_esm, hf_llama, hf_gpt2)
 class HFImport:
     config: ModelConfig
     state: dict[str, torch.Tensor]  # foundry names
-    contact_head: dict[str, torch.Tensor] | None
+    head_state: dict[str, torch.Tensor] | None  # ESM's attention regression (hf_esm.head_attachments)
     model_type: str
     head_missing: bool = False  # an EsmModel without LM head: the head was freshly initialised
 
@@ -84,7 +84,7 @@ def _read_bin(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_hf(directory, allow_missing_head: bool = False) -> HFImport:
-    """Read an HF directory into foundry config + state dict (+ ESM contact head)."""
+    """Read an HF directory into foundry config + state dict (+ ESM's attention-regression tensors)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory (an HF model is a folder with config.json)")
@@ -101,7 +101,7 @@ def read_hf(directory, allow_missing_head: bool = False) -> HFImport:
         raise CheckpointError(f"{directory / 'config.json'}: {exc}") from None
     state = fam.normalize_names(_legacy_names(read_hf_weights(directory)))
     files = directory / ("model.safetensors" if (directory / "model.safetensors").exists() else "weights")
-    contact = hf_esm.split_contact_head(state) if fam is hf_esm else None
+    head_state = hf_esm.split_contact_head(state) if fam is hf_esm else None
     if fam is hf_gpt2:
         state = hf_gpt2.unfuse(state, files)
     ours = rename(state, fam.WEIGHT_MAP, files, cfg.n_layer)
@@ -120,11 +120,11 @@ def read_hf(directory, allow_missing_head: bool = False) -> HFImport:
         ours.update(hf_esm.fresh_lm_head(cfg))
         head_missing = True
     check_state_dict(cfg, ours, files, outside_namer(fam.WEIGHT_MAP))
-    return HFImport(cfg, ours, contact, model_type, head_missing)
+    return HFImport(cfg, ours, head_state, model_type, head_missing)
 
 
 def load_hf(directory, allow_missing_head: bool = False) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """-> (config, foundry state dict). ESM contact-head weights: ``read_hf(...).contact_head``."""
+    """-> (config, foundry state dict). ESM's attention-regression tensors: ``read_hf(...).head_state``."""
     imported = read_hf(directory, allow_missing_head)
     return imported.config, imported.state
 
@@ -159,16 +159,17 @@ def export_hf(model: Transformer, tokenizer, out_dir, modality: str | None = Non
     generation = _generation_config(cfg, tokenizer)
     if generation is not None:
         hf_config.bos_token_id, hf_config.eos_token_id = generation.bos_token_id, generation.eos_token_id
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("contact_head.")}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # the trunk; attachments are apart
     theirs = invert(state, fam.WEIGHT_MAP)
     if fam is hf_gpt2:
         theirs = hf_gpt2.fuse(theirs)
     if fam is hf_esm:  # the rotary buffer transformers expects in the file
         theirs["esm.rotary_embeddings.inv_freq"] = 1.0 / (
             cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float) / cfg.head_dim))
-    if fam is hf_esm and model.contact_head is not None:
+    attached = model.attachments.get(hf_esm.HEAD_ATTACHMENT) if fam is hf_esm else None
+    if attached is not None:
         for theirs_name, ours in hf_esm.CONTACT_KEYS.items():
-            theirs[theirs_name] = model.contact_head.state_dict()[ours].detach().cpu()
+            theirs[theirs_name] = attached.state_dict()[ours].detach().cpu()
     extras = {"foundry_model": cfg.name}
     if modality:
         extras["foundry_modality"] = modality

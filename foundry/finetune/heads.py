@@ -179,12 +179,3 @@ class FinetuneModel(nn.Module):
         hidden = out.hidden_states[self.n_layer]
         return self.head(hidden, tokens, real, residue_mask(tokens, self.special_ids) & real, out.attentions)
 
-
-def __getattr__(name: str):
-    # TRANSITIONAL: the attention-map head moved to the protein plugin; tests/test_finetune.py
-    # still imports the old name. Delete with that test's import.
-    if name == "AttentionContactLogits":
-        from modalities.protein.contact_head import ContactRegression
-
-        return ContactRegression
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -185,7 +185,7 @@ def truncation_note(examples, window: int, max_len: int, level: str) -> str | No
         return None
     longest = max(cut, key=lambda e: e.cut)
     what = {"residue": "their predicted state strings stop there, shorter than the sequences",
-            "pair": "their contact maps cover only those residues"}.get(level, "their predictions see only those residues")
+            "pair": "their pair maps cover only those positions"}.get(level, "their predictions see only those residues")
     return (f"warning: {len(cut)} of {len(examples)} sequences are longer than the model's window of {window} residues "
             f"(max_len {max_len} tokens); {what} ({sum(e.cut for e in cut)} residues left out; longest: "
             f"{longest.id!r}, {window + longest.cut} residues)")
@@ -202,14 +202,14 @@ def write_maps(folder: Path, ids: list[str], maps: list[np.ndarray]) -> None:
     import shutil
     import tempfile
 
-    from ..images import contact_image, safe_names, write_png
+    from ..images import pair_map_image, safe_names, write_png
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         for name, probs in zip(safe_names(ids), maps):
             np.save(tmp / f"{name}.npy", probs.astype(np.float32))
-            write_png(tmp / f"{name}.png", contact_image(probs))
+            write_png(tmp / f"{name}.png", pair_map_image(probs))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     except BaseException:

@@ -215,20 +215,3 @@ class Transformer(nn.Module):
             n += cfg.vocab_size * cfg.d_model
         return 6.0 * n + 12.0 * cfg.n_layer * cfg.d_model * t
 
-    # -- TRANSITIONAL: the contact head moved to the protein plugin (modalities/protein/contact_head.py).
-    # These three delegate to it until foundry/convert/common.py, foundry/convert/hf.py and the
-    # tests that still call them use the plugin's functions; then this block is deleted.
-
-    @property
-    def contact_head(self):
-        return self._attachments.get("contact")
-
-    def attach_contact_head(self, head=None):
-        from modalities.protein.contact_head import attach_contact_head
-
-        return attach_contact_head(self, head)
-
-    def predict_contacts(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        from modalities.protein.contact_head import predict_contacts
-
-        return predict_contacts(self, tokens, attention_mask)

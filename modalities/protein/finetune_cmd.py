@@ -24,7 +24,7 @@ variant-effect: --wildtype SEQ|FASTA (--wildtype-id ID for one record of several
 column (A24G, A24G:T50S). Positions are 1-based; --wildtype-start 0 for 0-based tables, 126 when the
 wild type starts at residue 126. Nonsense (K78*: ESM has no stop token) or malformed rows are an
 error, or dropped with --skip-invalid (counted, the first few named).
-contact: contacting pairs "i-j;k-l" (1-based).
+contact: PDB/mmCIF files or folders (labels: Cβ–Cβ < 8 Å), or tables of contacting pairs 'i-j;k-l' (1-based).
 """
 
 
