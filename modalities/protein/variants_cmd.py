@@ -28,7 +28,6 @@ import numpy as np
 
 from foundry.atomic import atomic_write_text
 from foundry.errors import DataError, FoundryError
-from foundry.finetune.data import read_table, table_column, table_delimiter
 
 from .wildtype import read_wildtype
 
@@ -61,6 +60,9 @@ def score_variants_command(model, wildtype, wildtype_id, table, out, strategy, m
     Positions are 1-based unless --wildtype-start says otherwise (0 for 0-based tables).
     Synonymous variants (K78K) score 0. Nonsense variants (K78*) are left blank: ESM has no stop token.
     """
+    # foundry.finetune.data imports torch: only when the command runs, so building the CLI stays fast
+    from foundry.finetune.data import read_table, table_column
+
     from .embed import load_protein_model, pick_device
     from .mutations import skipped_note, usable_variants
     from .variants import score_variants
@@ -127,6 +129,8 @@ def _spearman_line(scores: list[float | None], measured: list[float | None], col
 
 def _write(out: Path | None, table: Path, header: list[str], rows: list, column: str, scores: list[float | None]) -> None:
     """The input rows, unchanged, plus the score column (blank where there is no score)."""
+    from foundry.finetune.data import table_delimiter
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=table_delimiter(table), lineterminator="\n")
     writer.writerow([*header, column])
