@@ -32,6 +32,7 @@ class VariantEffect(SequenceRegression):
     """Supervised variant-effect regression: each input row is a mutation list of one wild type."""
 
     name = "variant-effect"
+    modalities = ("protein",)
     options = (
         TaskOption("wildtype", str, None, "the wild-type sequence, or a file holding it (FASTA, or plain text)", required=True),
         TaskOption("wildtype_id", str, None, "the record of a --wildtype FASTA file with several"),
@@ -95,6 +96,7 @@ class Contact(Task):
     precision at L/5 (|i-j| >= 24), as ESM reports it."""
 
     name = "contact"
+    modalities = ("protein",)
     level = "pair"
     default_metric = "p_at_l5_long"
     min_separation = 6
