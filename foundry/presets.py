@@ -46,7 +46,7 @@ BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "esm2_t33_650M": _esm2("esm2_t33_650M", 33, 1280, 20),
     "esm2_t36_3B": _esm2("esm2_t36_3B", 36, 2560, 40),
     "esm2_t48_15B": _esm2("esm2_t48_15B", 48, 5120, 40),
-    # ~0.8M parameters: learns amino-acid statistics in a few CPU minutes.
+    # ~0.8M parameters: learns a small vocabulary's statistics in a few CPU minutes.
     "esm2_tiny": dict(
         _esm2("esm2_tiny", 4, 128, 4), max_position=1026,
         source="foundry: a CPU-sized ESM-2 layout (" + _ESM_SRC + ")",

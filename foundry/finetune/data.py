@@ -12,7 +12,7 @@ Inputs, per split (``--train``, ``--valid``, ``--test``):
   VALIDATION=False, valid VALIDATION=True, test SET=test) + optionally ``mask.fasta`` (a 0/1
   string per record, 0 = residue to ignore: its label becomes ``.``, unlabelled);
 - anything else a task reads itself (``Task.read_split``: the protein plugin's variant-effect
-  task reads tables of mutations of a wild type with ``read_table`` and ``table_column``).
+  task reads its own tables with ``read_table`` and ``table_column``).
 
 Every problem is one ``DataError`` naming the file and the line (tables) or record (FASTA).
 """

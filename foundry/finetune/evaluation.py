@@ -12,7 +12,7 @@ Then, per level:
     residue    each residue's logits are the mean over the windows that hold it
     pair       each pair's logits are the mean over the windows that hold both residues; a pair
                further apart than any window reaches (more than half a window) never is: it gets
-               the lowest logit of its map (ranked as the least likely contact)
+               the lowest logit of its map (ranked as the least likely pair)
     sequence   the head's outputs of the windows, averaged with weights = residues per window
 
 so every labelled residue is scored. Training may still crop (``encode_records`` with ``max_len``).

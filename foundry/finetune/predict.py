@@ -3,7 +3,7 @@
 Per-residue tasks write the predicted state string (as long as the sequence); classification
 writes the label name and one ``p_<label>`` probability column per class; regression the value.
 Input: a CSV/TSV table with a sequence column (and optional id), a file the modality reads
-(FASTA), or for variant-effect models a table of mutations of the stored wild type.
+(FASTA), or whatever the model's task reads itself (``Task.read_split``).
 
 Nothing is cut: sequences longer than the model's window are read in overlapping windows
 (``foundry.finetune.evaluation``), so every residue gets a prediction. A table that also has the

@@ -1,8 +1,8 @@
 """Fine-tuning tasks: what a label is, which head reads the trunk, which loss and metrics apply.
 
 A task is registered by name: the generic ones below by the engine, modality-specific ones by
-their plugin through the ``register_tasks`` hook (the protein plugin registers ``variant-effect``
-and ``contact``). A task brings its label parsing (``fit``/``encode``), how a split is read
+their plugin through the ``register_tasks`` hook (``modalities/protein/tasks.py`` is an
+example). A task brings its label parsing (``fit``/``encode``), how a split is read
 (``read_split``), its head (``build_head``), loss, metrics, prediction columns (``describe``) and
 its own options (``options``: CLI flags of ``finetune`` and ``finetune.task_options`` keys)::
 

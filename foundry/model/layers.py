@@ -110,7 +110,7 @@ class Attention(nn.Module):
         return self.o_proj(rearrange(y, "b t h d -> b t (h d)")), weights
 
     def _explicit(self, q, k, v, mask, is_causal, p):
-        """Attention with the probabilities materialised (B, H, T, T): for contact maps and probes."""
+        """Attention with the probabilities materialised (B, H, T, T): for heads that read attention maps, and probes."""
         if self.n_kv != self.n_head:
             k = repeat(k, "b k t d -> b (k r) t d", r=self.n_head // self.n_kv)
             v = repeat(v, "b k t d -> b (k r) t d", r=self.n_head // self.n_kv)
