@@ -20,11 +20,13 @@ from foundry.hookspecs import hookimpl
 from foundry.objectives import MaskedLM
 from foundry.rundir import locked
 from foundry.testing import plugins_registered, run_cli
-from test_pretrain_cli import TINY, foundry, losses
+from conftest import TINY_PRETRAIN as TINY, foundry, losses
 
 
 def start(*args) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
+    # The same environment as conftest's foundry(): one intra-op thread, so a run and its
+    # reference reduce in the same order and their losses compare exactly.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")} | {"OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "foundry", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
 
