@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from .loading import model_from_preset
 from .modality import Modality
 from .objectives import IGNORE_INDEX, Objective, build_objective, unigram_log_probs
 from .plugins import get_manager
-from .rundir import check_fresh, clean_leftovers, clear_unfinished, has_checkpoint, locked
+from .rundir import checkpoint_to_resume, writing
 from .train import StepLoss, param_groups, run_training
 
 UNIGRAM_SAMPLE_DOCS = 5000
@@ -163,27 +162,13 @@ def pretrain(cfg: RunConfig, resume: Path | None = None) -> dict[str, Any]:
     modality = get_manager().modality(cfg.modality)
     cfg = resolve_for_run(cfg, modality)
     run_dir = Path(resume or cfg.out)
-    # A run killed before its first checkpoint has nothing to resume: it starts over from step 0.
-    checkpoint = latest_checkpoint(run_dir) if resume and has_checkpoint(run_dir) else None
     main_process = process_state().is_main_process
-    fresh = checkpoint is None
-    if fresh and main_process:
-        check_fresh(run_dir)
-        if resume:
-            print(f"foundry: {run_dir} has no checkpoint yet: starting the run over from step 0", file=sys.stderr)
-    with locked(run_dir, enabled=main_process):
-        try:
-            if main_process:
-                clear_unfinished(run_dir) if fresh else clean_leftovers(run_dir)
-            workload, data = build_workload(cfg, modality, checkpoint)
-            if main_process:
-                atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-            result = run_training(workload, cfg.train, run_dir, resume_from=checkpoint, tracker_config=cfg.to_dict())
-        except BaseException:
-            # A run that failed before its first checkpoint leaves nothing behind that looks like a run.
-            if main_process and fresh and not has_checkpoint(run_dir):
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+    checkpoint = checkpoint_to_resume(run_dir, resume, main_process)
+    with writing(run_dir, fresh=checkpoint is None, main_process=main_process):
+        workload, data = build_workload(cfg, modality, checkpoint)
+        if main_process:
+            atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        result = run_training(workload, cfg.train, run_dir, resume_from=checkpoint, tracker_config=cfg.to_dict())
         summary = {
             **result,
             "modality": modality.name,

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -83,3 +84,33 @@ def locked(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def checkpoint_to_resume(run_dir: Path, resume: Path | None, main_process: bool) -> Path | None:
+    """The checkpoint a run continues from, or None for a fresh start (checked: ``run_dir`` may be
+    used). A run killed before its first checkpoint has nothing to resume: it starts over."""
+    from .checkpoint import latest_checkpoint
+
+    if resume and has_checkpoint(run_dir):
+        return latest_checkpoint(run_dir)
+    if main_process:
+        check_fresh(run_dir)
+        if resume:
+            print(f"foundry: {run_dir} has no checkpoint yet: starting the run over from step 0", file=sys.stderr)
+    return None
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, fresh: bool, main_process: bool) -> Iterator[None]:
+    """Hold the run directory while a run writes to it: the lock, an unfinished fresh folder
+    cleared (or a resumed one's leftovers cleaned), and on failure before the first checkpoint,
+    nothing left behind that looks like a run."""
+    with locked(run_dir, enabled=main_process):
+        try:
+            if main_process:
+                clear_unfinished(run_dir) if fresh else clean_leftovers(run_dir)
+            yield
+        except BaseException:
+            if main_process and fresh and not has_checkpoint(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise

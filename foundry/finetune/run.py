@@ -20,20 +20,18 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..atomic import atomic_write_text
-from ..checkpoint import latest_checkpoint
 from ..config import RunConfig
 from ..distributed import process_state
 from ..errors import FoundryError
 from ..metrics import MetricsLog
 from ..plugins import get_manager
-from ..rundir import check_fresh, clean_leftovers, clear_unfinished, has_checkpoint, locked
+from ..rundir import checkpoint_to_resume, writing
 from ..train import run_training
 from .data import Columns, batch_plan, encode_records, special_layout
 from .forgetting import forgetting_tools
@@ -110,11 +108,8 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
     readers = manager.reader_objects(modality.readers)
     task = get_task(f.task)
     out = Path(resume or cfg.out)
-    checkpoint = latest_checkpoint(out) if resume and has_checkpoint(out) else None
     main_process = process_state().is_main_process
-    fresh = checkpoint is None
-    if fresh and main_process:
-        check_fresh(out)
+    checkpoint = checkpoint_to_resume(out, resume, main_process)
 
     # -- everything that can fail on input, before OUT is written -------------------------------
     task.configure(f.task_options, readers)
@@ -155,16 +150,10 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
                                 f.max_len)
     workload = FinetuneWorkload(model, task, labels, examples["train"], examples["valid"], tokenizer.pad_id, settings, cfg.train.seed,
                                 save, restore, replay)
-    with locked(out, enabled=main_process):
-        try:
-            if main_process:
-                clear_unfinished(out) if fresh else clean_leftovers(out)
-                atomic_write_text(out / "config.yaml", cfg.to_yaml())
-            result = run_training(workload, cfg.train, out, resume_from=checkpoint, tracker_config=cfg.to_dict())
-        except BaseException:
-            if main_process and fresh and not has_checkpoint(out):
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+    with writing(out, fresh=checkpoint is None, main_process=main_process):
+        if main_process:
+            atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        result = run_training(workload, cfg.train, out, resume_from=checkpoint, tracker_config=cfg.to_dict())
         if not main_process:
             return {}
         return _finish(cfg, out, result, task, labels, examples, load, save, probe, before,
