@@ -125,7 +125,7 @@ def finetune_command(modality_name: str, help_text: str = "", *, levels: Sequenc
         click.option("--lora-rank", type=int), click.option("--lora-alpha", type=float),
         click.option("--merge", is_flag=True, default=None, help="LoRA: fold the adapters into the trunk when saving."),
         click.option("--layer-decay", type=float, help="Layer-wise LR decay factor (1 = none)."),
-        click.option("--lr", type=float, help="Peak learning rate (default 1e-4 full, 1e-3 frozen/lora)."),
+        click.option("--lr", type=float, help="Peak learning rate (default: 1e-3 frozen/lora; full: 1e-3 x 128/d_model, e.g. 4e-4 for ESM-2 8M, 1e-4 for 650M)."),
         click.option("--epochs", type=int, help="Passes over the training split [10]."),
         click.option("--max-steps", type=int, help="Optimizer steps (overrides --epochs)."),
         click.option("--batch-size", type=int, help="Sequences per micro-batch [16]."),

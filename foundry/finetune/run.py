@@ -45,8 +45,21 @@ from .evaluation import UNCUT, score
 from .metrics import format_class_report
 from .workload import FinetuneSettings, FinetuneWorkload
 
-#: learning rates when none is given: a trunk that trains fully moves less than a fresh head/adapter
-DEFAULT_LR = {"full": 1e-4, "frozen": 1e-3, "lora": 1e-3}
+#: learning rates when none is given: a fresh head or adapter takes large steps ...
+DEFAULT_LR = {"frozen": 1e-3, "lora": 1e-3}
+#: ... a trunk that trains fully takes steps that shrink with its width (``default_lr``).
+FULL_LR_AT_WIDTH_128, FULL_LR_FLOOR = 1e-3, 1e-5
+
+
+def default_lr(strategy: str, d_model: int) -> float:
+    """The peak learning rate of ``strategy`` when none is given. Full fine-tuning: 1e-3 at
+    d_model 128, inversely proportional to the width (hidden-layer updates scale as 1/width, as in
+    muP): 4e-4 for ESM-2 8M (320), 1e-4 for 650M (1280), 5e-5 for 3B. At 128 wide, 1e-4 lost
+    almost all of what pretraining gave on three held-out tasks and 1e-3 kept it
+    (examples/README.md, "Fine-tuning settings")."""
+    if strategy != "full":
+        return DEFAULT_LR[strategy]
+    return max(FULL_LR_FLOOR, min(FULL_LR_AT_WIDTH_128, FULL_LR_AT_WIDTH_128 * 128 / d_model))
 
 
 def load_trunk(modality, source: str | None, preset: str | None, overrides: dict, tokenizer_path: str | None, seed: int):
@@ -79,13 +92,14 @@ def _freeze_lm_head(trunk) -> None:
         lm_head.requires_grad_(False)
 
 
-def resolve_schedule(cfg: RunConfig, explicit: set[str], train_lengths: list[int]) -> None:
+def resolve_schedule(cfg: RunConfig, explicit: set[str], train_lengths: list[int], d_model: int) -> None:
     """Fill what the user left to the data: steps from epochs, warm-up from its fraction, an
     evaluation (and checkpoint) every epoch but at least ten per run (a run of ``--max-steps``
     shorter than an epoch would otherwise validate once, at its end, and "best" would be "last"),
     the learning rate of the strategy. In place; the
     result is what ``config.yaml`` records, so a resume or a rerun uses the same numbers.
-    ``train_lengths``: the training examples' token counts (a token budget's batches depend on them)."""
+    ``train_lengths``: the training examples' token counts (a token budget's batches depend on them);
+    ``d_model``: the trunk's width (the default full fine-tuning learning rate depends on it)."""
     f, t = cfg.finetune, cfg.train
     batches = batch_plan(train_lengths, batch_size=f.batch_size, batch_tokens=f.batch_tokens, seed=t.seed, epoch=0)
     # Each optimizer step takes grad_accum batches on every process.
@@ -99,7 +113,7 @@ def resolve_schedule(cfg: RunConfig, explicit: set[str], train_lengths: list[int
     if "train.save_every" not in explicit:
         t.save_every = t.eval_every
     if "train.lr" not in explicit:
-        t.lr = DEFAULT_LR[f.strategy]
+        t.lr = default_lr(f.strategy, d_model)
 
 
 def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] = frozenset()) -> dict[str, Any]:
@@ -124,7 +138,7 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
     # in overlapping windows by foundry.finetune.evaluation), so no label drops out of a metric.
     examples = {k: encode_records(v, tokenizer, task, labels, f.max_len if k == "train" else UNCUT) for k, v in records.items()}
     if checkpoint is None:
-        resolve_schedule(cfg, explicit, [len(e.tokens) for e in examples["train"]])
+        resolve_schedule(cfg, explicit, [len(e.tokens) for e in examples["train"]], trunk.config.d_model)
     torch.manual_seed(cfg.train.seed)
     head = task.build_head(trunk.config, task.n_outputs(labels), pooling=f.pooling, dropout=f.dropout)
     probe, replay = forgetting_tools(modality, readers, tokenizer, cfg, pretrained=cfg.model.init_from is not None)
