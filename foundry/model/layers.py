@@ -83,6 +83,7 @@ class Attention(nn.Module):
         mask: AttentionSpec | torch.Tensor | None,  # a spec, or (B, 1, T, T) bool (True = may attend) / None
         is_causal: bool,
         need_weights: bool = False,
+        kv=None,  # a model.kv_cache.LayerCache when decoding incrementally; ``mask`` is then dense
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # (B, T, heads, d): the projections' own layout, so per-document and varlen kernels can
         # flatten (B*T) without a copy; rope tables (B, 1, T, d) are read as (B, T, 1, d).
@@ -92,6 +93,8 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = (r.transpose(1, 2) for r in rope)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv is not None:  # the new keys/values join the cached ones: (B, S, K, d)
+            k, v = kv.append(k, v)
         p = self.dropout if self.training else 0.0
         if isinstance(mask, AttentionSpec) and not need_weights:
             y, weights = attend(q, k, v, mask, p), None
@@ -152,8 +155,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, mask, is_causal, need_weights=False):
-        a, weights = self.attn(self.attn_norm(x), rope, mask, is_causal, need_weights)
+    def forward(self, x, rope, mask, is_causal, need_weights=False, kv=None):
+        a, weights = self.attn(self.attn_norm(x), rope, mask, is_causal, need_weights, kv=kv)
         x = x + self.drop(a)
         x = x + self.drop(self.mlp(self.mlp_norm(x)))
         return x, weights

@@ -148,6 +148,36 @@ class Transformer(nn.Module):
         logits = self.logits(x) if need_logits else None
         return TransformerOutput(logits=logits, hidden_states=hidden, attentions=attentions)
 
+    def forward_cached(
+        self,
+        tokens: torch.Tensor,  # (B, T) long: the new tokens only
+        cache,  # model.kv_cache.KVCache holding every earlier position
+        positions: torch.Tensor,  # (B, T) long: each row's own positions (left padding: 0 at its first real token)
+        attention_mask: torch.Tensor | None = None,  # (B, T) bool, True = real token
+        last_only: bool = True,
+    ) -> torch.Tensor:
+        """Incremental decoding for causal trunks (``foundry.generation``): run the new tokens
+        against the cached keys/values, append theirs, return logits (B, 1 or T, vocab).
+
+        Same arithmetic as ``forward`` on the whole sequence (tested step by step), without
+        packing, attention maps or hidden states."""
+        cfg = self.config
+        if not cfg.causal:
+            raise ValueError("forward_cached: incremental decoding needs a causal model")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(tokens, dtype=torch.bool)
+        attention_mask = attention_mask.bool()
+        x = self.embed_tokens(tokens, attention_mask, None, positions)  # (B, T, D)
+        mask = cache.step_mask(attention_mask)  # (B, 1, T, S)
+        rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype) if cfg.pos == "rope" else None
+        for block, layer_cache in zip(self.blocks, cache.layers):
+            x, _ = block(x, rope, mask, False, kv=layer_cache)
+        if last_only:
+            x = x[:, -1:]
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return self.logits(x)
+
     def embed_tokens(self, tokens, attention_mask, document_ids, positions) -> torch.Tensor:
         """Token (+ learned position) embeddings, ESM token dropout, padded rows zeroed."""
         cfg = self.config
