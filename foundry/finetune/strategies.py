@@ -27,8 +27,11 @@ STRATEGIES = ("full", "frozen", "lora")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up", "down", "gate"]
 
 
-def apply_strategy(trunk: nn.Module, strategy: str, *, lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0) -> nn.Module:
-    """Return the trunk to train (a peft wrapper for ``lora``), with ``requires_grad`` set."""
+def apply_strategy(trunk: nn.Module, strategy: str, *, lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
+                   lora_targets: list[str] | None = None) -> nn.Module:
+    """Return the trunk to train (a peft wrapper for ``lora``), with ``requires_grad`` set.
+    ``lora_targets``: module-name suffixes for the adapters when the trunk is not foundry's
+    ``Transformer`` (a plugin's backbone, e.g. timm's ``qkv``/``fc1``); default ``LORA_TARGETS``."""
     if strategy not in STRATEGIES:
         raise FoundryError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if strategy == "full":
@@ -40,7 +43,7 @@ def apply_strategy(trunk: nn.Module, strategy: str, *, lora_rank: int = 8, lora_
     from peft import LoraConfig, get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, m in trunk.named_modules() if isinstance(m, nn.Linear)}
-    targets = [t for t in LORA_TARGETS if t in present]
+    targets = list(lora_targets) if lora_targets else [t for t in LORA_TARGETS if t in present]
     config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets, bias="none")
     return get_peft_model(trunk, config)  # freezes every non-adapter weight of the trunk
 
