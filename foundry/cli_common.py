@@ -54,6 +54,9 @@ def modality_group(name: str, help_text: str | None = None) -> click.Group:
     group.add_command(_presets_command(name))
     group.add_command(_prepare_command(name))
     group.add_command(_import_command(name))
+    from .evaluate_cmd import evaluate_command
+
+    group.add_command(evaluate_command(name))
     return group
 
 
