@@ -319,8 +319,8 @@ def encode_records(records: list[Record], tokenizer, task: Task, info: LabelInfo
 
 def _align(level: str, target: np.ndarray, keep: int, front: int, length: int) -> np.ndarray:
     """Per-residue / per-pair targets placed at their token positions, IGNORE on special tokens."""
-    if level == "residue":
-        out = np.full(length, IGNORE, dtype=target.dtype)
+    if level == "residue":  # (n,) or (n, K): a task may give each residue several numbers
+        out = np.full((length, *target.shape[1:]), IGNORE, dtype=target.dtype)
         out[front : front + keep] = target[:keep]
         return out
     if level == "pair":
@@ -343,7 +343,8 @@ def collate(examples: list[Example], index: list[int], pad_id: int, level: str) 
         if level == "sequence":
             targets = torch.from_numpy(np.stack([e.target for e in examples]))
         elif level == "residue":
-            targets = torch.full((len(examples), width), IGNORE, dtype=torch.from_numpy(examples[0].target).dtype)
+            first = torch.from_numpy(examples[0].target)
+            targets = torch.full((len(examples), width, *first.shape[1:]), IGNORE, dtype=first.dtype)
             for row, e in enumerate(examples):
                 targets[row, : len(e.target)] = torch.from_numpy(e.target)
         else:

@@ -126,6 +126,8 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
     checkpoint = checkpoint_to_resume(out, resume, main_process)
 
     # -- everything that can fail on input, before OUT is written -------------------------------
+    if task.default_strategy and checkpoint is None and cfg.model.init_from and "finetune.strategy" not in explicit:
+        f.strategy = task.default_strategy  # e.g. fold: the language model stays frozen (ESMFold)
     task.configure(f.task_options, readers)
     columns = Columns(f.sequence_column, f.label_column, f.id_column)
     splits = {"train": (f.train, f.train_labels, f.train_mask), "valid": (f.valid, f.valid_labels, f.valid_mask),

@@ -84,6 +84,8 @@ class Task:
     options: ClassVar[tuple[TaskOption, ...]] = ()
     #: the modalities whose ``finetune`` offers this task; None: every modality
     modalities: ClassVar[tuple[str, ...] | None] = None
+    #: the --strategy when a pretrained model is fine-tuned and none is given (None: the config's)
+    default_strategy: ClassVar[str | None] = None
 
     def configure(self, values: dict[str, Any], readers=()) -> None:
         """Take this task's option values (unknown names are errors naming the task's options;
@@ -105,6 +107,12 @@ class Task:
 
     def setup(self, readers) -> None:
         """Act on ``self.values`` once they are known (read a file an option names, …)."""
+
+    def training_batch(self, batch):
+        """What the model trains on from a drawn training batch (default: the batch as it is). A
+        task may crop it here (random windows of long structures): torch's RNG is seeded by the
+        batch's place in the stream, so the crop is reproducible and a resumed run draws the same."""
+        return batch
 
     def saved_options(self) -> dict[str, Any]:
         """The option values a fine-tuned model keeps, so ``predict`` reconfigures the task alike."""

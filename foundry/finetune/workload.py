@@ -131,6 +131,7 @@ class FinetuneWorkload:
     def loss(self, model, batch: Batch, seed: int, device) -> StepLoss:
         epoch, position = self._place
         torch.manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + position)  # dropout: a function of (seed, batch)
+        batch = self.task.training_batch(batch)
         logits = model(batch.tokens.to(device))
         task_loss = self.task.loss(logits, batch.targets.to(device), self.labels)
         loss, extra = (1.0 - self.replay_weight) * task_loss, {}

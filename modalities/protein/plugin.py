@@ -80,6 +80,7 @@ def register_tasks(register):
     # By import path: listing plugins must not import torch (modalities/protein/tasks.py does).
     register("variant-effect", "modalities.protein.tasks:VariantEffect")
     register("contact", "modalities.protein.tasks:Contact")
+    register("fold", "modalities.protein.fold.task:Fold")
 
 
 @hookimpl
