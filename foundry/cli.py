@@ -41,7 +41,7 @@ def export(model_dir: Path, target: str, out: Path) -> None:
 
         if out.exists() and any(out.iterdir()):
             raise FoundryError(f"{out}: already exists and is not empty")
-        export_hf(loaded.model, loaded.tokenizer, out, loaded.modality)
+        export_hf(loaded.model, loaded.tokenizer, out, loaded.modality, chat_template=loaded.extras.get("chat_template"))
         click.echo(f"wrote a transformers model to {out}")
         missing = tokenizer_not_exported(loaded.tokenizer)
         if missing:

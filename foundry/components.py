@@ -14,6 +14,8 @@ BUILTIN_OBJECTIVES = {
     "mlm": "foundry.objectives:MaskedLM",
     "clm": "foundry.objectives:CausalLM",
     "fim": "foundry.objectives:FillInTheMiddle",
+    "sft": "foundry.objectives_tuning:SupervisedFineTuning",
+    "dpo": "foundry.objectives_tuning:DirectPreference",
 }
 
 BUILTIN_TASKS = {

@@ -139,6 +139,25 @@ class FinetuneSection:
 
 
 @dataclass
+class TuneSection:
+    """``foundry <modality> sft`` / ``dpo``: instruction and preference tuning of a causal model
+    (``model.init_from``). Sequence length and the SFT token budget are ``data.max_len`` and
+    ``data.batch_tokens``; steps, lr and cadence are the ``train`` section's."""
+
+    data: str = ""  # JSONL: {"messages": [...]} or {"prompt", "completion"} (sft); {"prompt", "chosen", "rejected"} (dpo)
+    valid: str | None = None  # held-out JSONL of the same shape; None = hold out valid_fraction of data
+    valid_fraction: float = 0.05
+    max_valid: int = 256  # validation examples/pairs kept at most
+    chat_template: str | None = None  # a Jinja chat template file; None = the model's own, else the default
+    default_template: bool = True  # a model without a template may use foundry's documented default
+    beta: float = 0.1  # DPO: strength of the pull toward the reference model
+    batch_size: int = 8  # DPO: preference pairs per micro-batch
+    strategy: Literal["full", "lora"] = "full"  # lora: the DPO reference is the adapter-disabled trunk
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+
+
+@dataclass
 class RunConfig:
     modality: str = ""
     out: str = ""
@@ -148,6 +167,7 @@ class RunConfig:
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     train: TrainSection = field(default_factory=TrainSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    tune: TuneSection = field(default_factory=TuneSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -241,6 +261,12 @@ RANGES: dict[str, Range] = {
     "finetune.forgetting_docs": Range(1),
     "finetune.forgetting_max_len": Range(2),
     "train.patience": Range(1, why="evaluations without improvement before stopping; null = never"),
+    "tune.valid_fraction": Range(0, 1, low_open=True, high_open=True, why="share of the rows held out when tune.valid is not given"),
+    "tune.max_valid": Range(1),
+    "tune.beta": Range(0, low_open=True, why="DPO temperature: how strongly the policy is kept near the reference"),
+    "tune.batch_size": Range(1, why="preference pairs per micro-batch"),
+    "tune.lora_rank": Range(1),
+    "tune.lora_alpha": Range(0, low_open=True),
 }
 
 

@@ -137,6 +137,9 @@ def build_workload(cfg: RunConfig, modality: Modality, checkpoint: Path | None) 
     data: RunData = load_run_data(cfg, modality, tokenizer)
     tokenizer = data.tokenizer
     objective = build_objective(objective_name(cfg, modality), tokenizer, cfg.objective)
+    if objective.batch_kind != "packed-tokens":  # sft, dpo: rows of their own, another command
+        raise FoundryError(f"objective {objective.name}: trains on {objective.batch_kind} rows, not a pretraining corpus; "
+                           f"use `foundry {modality.name} {objective.name}`")
     if model is None:
         torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed fixes
         model = model_from_preset(modality, cfg.model.preset, tokenizer, cfg.model.overrides)

@@ -139,14 +139,16 @@ def tokenizer_not_exported(tokenizer) -> str | None:
     return None
 
 
-def export_hf(model: Transformer, tokenizer, out_dir, modality: str | None = None) -> Path:
+def export_hf(model: Transformer, tokenizer, out_dir, modality: str | None = None, chat_template: str | None = None) -> Path:
     """Write ``out_dir`` (config.json + model.safetensors [+ tokenizer files]) for transformers' Auto classes.
 
     The family follows the model's layout: ESM head -> EsmForMaskedLM; RMSNorm/SwiGLU/rope ->
     LlamaForCausalLM (MistralForCausalLM with a sliding window); learned positions -> GPT2LMHeadModel.
     A causal model also gets its tokenizer's bos/eos/pad ids in config.json and a
     generation_config.json, so ``generate`` stops at eos. A tokenizer without ``save_hf`` is not
-    written (``tokenizer_not_exported`` says why; foundry_export.json records it).
+    written (``tokenizer_not_exported`` says why; foundry_export.json records it). ``chat_template``
+    (the one an SFT run saved in ``model.json``) goes into ``tokenizer_config.json``, where
+    transformers' ``apply_chat_template`` finds it.
     """
     from safetensors.torch import save_file
 
@@ -184,6 +186,10 @@ def export_hf(model: Transformer, tokenizer, out_dir, modality: str | None = Non
         (tmp / "foundry_export.json").write_text(json.dumps(extras, indent=2) + "\n")
         if not missing:
             tokenizer.save_hf(tmp)
+            if chat_template:
+                config = json.loads((tmp / "tokenizer_config.json").read_text(encoding="utf-8"))
+                config["chat_template"] = chat_template
+                (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return Path(out_dir)
 
 

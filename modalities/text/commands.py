@@ -1,6 +1,7 @@
 """The ``foundry text`` command group: shared commands plus tokenizer training and fine-tuning."""
 
 from foundry.cli_common import modality_group
+from foundry.tune_cli import tune_command
 
 from .finetune_cmd import add_finetune_commands
 from .generate_cmd import generate_command
@@ -12,4 +13,6 @@ def add_text_commands(cli):
     group.add_command(train_tokenizer_command("text"))
     group.add_command(generate_command("text"))
     add_finetune_commands(group)
+    for objective in ("sft", "dpo"):
+        group.add_command(tune_command("text", objective))
     cli.add_command(group)
