@@ -69,6 +69,10 @@ def infill_command() -> click.Command:
 
 
 def add_generation_commands(group: click.Group) -> None:
+    """generate, complete, infill; and ``evaluate`` with pass@k, in place of the shared one."""
+    from .evaluate_cmd import code_evaluate
+
+    group.add_command(code_evaluate)
     group.add_command(generate_command("code"))
     group.add_command(complete_command())
     group.add_command(infill_command())
