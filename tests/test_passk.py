@@ -96,3 +96,29 @@ def test_bad_problem_and_completion_files(tmp_path):
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
     both = run_cli("code", "evaluate", "--problems", problems, "--completions", unknown, "--model", "m")
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_model_samples_completions_and_scores_them(tmp_path):
+    import torch
+
+    from foundry.model import Transformer, from_name
+    from foundry.model.store import save_model
+    from modalities.code.tokenizer import train_code_tokenizer
+
+    rows = [json.loads(line) for line in PROBLEMS.read_text().splitlines()][:2]
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = train_code_tokenizer([r["prompt"] + r["canonical_solution"] for r in rows] * 10, vocab_size=300)
+    torch.manual_seed(0)
+    model = Transformer(from_name("llama-tiny", vocab_size=tok.vocab_size, pad_id=tok.pad_id, n_layer=1, d_model=32, n_head=4, d_ff=64))
+    save_model(tmp_path / "m", model, tok, "code")
+    saved = tmp_path / "generated.jsonl"
+    result = run_cli("code", "evaluate", "--problems", problems, "--model", tmp_path / "m", "--samples", "2", "--max-new-tokens", "6",
+                     "--timeout", "20", "--save-completions", saved, "--seed", "1", "--k", "1", "--k", "2")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary) >= {"pass@1", "pass@2"} and summary["samples"] == 4 and summary["tasks"] == 2
+    lines = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [x["task_id"] for x in lines] == [rows[0]["task_id"]] * 2 + [rows[1]["task_id"]] * 2
+    greedy = run_cli("code", "evaluate", "--problems", problems, "--model", tmp_path / "m", "--samples", "2", "--temperature", "0")
+    assert greedy.exit_code == 2 and "greedy decoding gives the same completion" in greedy.stderr
