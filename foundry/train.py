@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_trainer_files, save_checkpoint
 from .config import TrainSection
-from .distributed import make_accelerator
+from .distributed import Sharded, check_shardable, is_sharded, make_accelerator, prepare_model
 from .errors import FoundryError
 from .metrics import MetricsLog
 from .signals import StopSignals
@@ -152,9 +152,15 @@ def run_training(workload: Workload, t: TrainSection, run_dir: Path, *, resume_f
     state = LoopState()
     if resume_from is not None:
         state = _restore(workload, optimizer, resume_from)
+    if is_sharded(accelerator):
+        check_shardable(workload.model, accelerator.num_processes)
+    sharded = Sharded(accelerator, workload.model)
+    restored_optimizer = sharded.before_prepare(workload.model, optimizer)
+    prepare_model(workload.model, compile=t.compile, backend=t.compile_backend, activation_checkpointing=t.activation_checkpointing)
     model, optimizer = accelerator.prepare(workload.model, optimizer)
+    sharded.after_prepare(model, optimizer, restored_optimizer)
     reporter = Reporter(run_dir, t, accelerator, state.step)
-    checkpoints = Checkpointer(workload, accelerator, run_dir, t.keep_checkpoints)
+    checkpoints = Checkpointer(workload, accelerator, run_dir, t.keep_checkpoints, sharded)
     last_eval: dict[str, float] | None = None
     stopped_early = False
     with StopSignals() as signals:
@@ -164,7 +170,7 @@ def run_training(workload: Workload, t: TrainSection, run_dir: Path, *, resume_f
             if state.step % t.eval_every == 0 or state.step == t.max_steps:
                 last_eval = workload.evaluate(model, accelerator)
                 reporter.evaluation(state.step, state.tokens, last_eval, workload.describe_evaluation(state.step, last_eval))
-                stopped_early = _keep_best(workload, model, accelerator, run_dir, t, state, last_eval, reporter)
+                stopped_early = _keep_best(workload, model, accelerator, run_dir, t, state, last_eval, reporter, sharded)
             if record["stop_signal"]:
                 _stop_on_signal(checkpoints, model, optimizer, state, t, signals, reporter)
             if state.step % t.save_every == 0 or state.step == t.max_steps or stopped_early:
@@ -195,10 +201,14 @@ def _optimizer_step(workload: Workload, model, optimizer, accelerator: Accelerat
         for key, value in out.extra.items():
             extras[key] = extras.get(key, 0.0) + value / t.grad_accum
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_norm if t.clip_norm > 0 else float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
 
     # Sums over all processes: loss, tokens, slots, a non-finite flag, a stop-signal flag.
     loss_value = torch.stack(losses).mean().item()
-    finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
+    # fp16 (loss scaling): an overflowing gradient is expected while the scale settles; the scaler
+    # skips that step and lowers the scale, so only a non-finite loss means divergence there.
+    scaled = accelerator.scaler is not None
+    finite = math.isfinite(loss_value) and (scaled or math.isfinite(float(grad_norm)))
     stats = torch.tensor([loss_value if finite else 0.0, tokens, slots, 0.0 if finite else 1.0, float(signals.received is not None)],
                          dtype=torch.float64, device=accelerator.device)
     stats = accelerator.reduce(stats, reduction="sum")
@@ -214,7 +224,7 @@ def _optimizer_step(workload: Workload, model, optimizer, accelerator: Accelerat
     world_size = accelerator.num_processes
     return {
         "step": state.step, "loss": float(stats[0]) / world_size if stats[3] == 0 else None, "lr": lr, "tokens": state.tokens,
-        "grad_norm": float(grad_norm) if t.clip_norm > 0 and stats[3] == 0 else None,
+        "grad_norm": float(grad_norm) if t.clip_norm > 0 and stats[3] == 0 and math.isfinite(float(grad_norm)) else None,
         "new_tokens": int(stats[1]), "new_slots": int(stats[2]), "stop_signal": bool(stats[4] > 0), **extras,
     }
 
@@ -231,14 +241,15 @@ def _non_finite(state: LoopState, t: TrainSection, lr: float, loss: float, grad_
 
 
 def _keep_best(workload: Workload, model, accelerator: Accelerator, run_dir: Path, t: TrainSection, state: LoopState,
-               result: dict[str, float], reporter: "Reporter") -> bool:
+               result: dict[str, float], reporter: "Reporter", sharded: Sharded) -> bool:
     """Update the best model (``OUT/best`` when ``train.keep_best``); True when it is time to stop early."""
     if workload.metric not in result:
         raise FoundryError(f"metric {workload.metric}: not computed by this run; available: {', '.join(sorted(result))}")
     if state.is_better(result[workload.metric], workload.higher_is_better):
         state.best_value, state.best_step, state.bad_evals = result[workload.metric], state.step, 0
         if t.keep_best:
-            _on_main(accelerator, lambda: workload.save_model(accelerator.unwrap_model(model), run_dir / "best"))
+            full = sharded.full_model(model)  # every process takes part in gathering a sharded model
+            _on_main(accelerator, lambda: workload.save_model(full, run_dir / "best"))
         return False
     state.bad_evals += 1
     if t.patience is not None and state.bad_evals >= t.patience:
@@ -260,22 +271,46 @@ def _stop_on_signal(checkpoints: "Checkpointer", model, optimizer, state: LoopSt
 class Checkpointer:
     """Writes checkpoints on the main process; refuses to write weights that are not finite."""
 
-    def __init__(self, workload: Workload, accelerator: Accelerator, run_dir: Path, keep: int):
-        self.workload, self.accelerator, self.run_dir, self.keep = workload, accelerator, run_dir, keep
+    def __init__(self, workload: Workload, accelerator: Accelerator, run_dir: Path, keep: int, sharded: Sharded):
+        self.workload, self.accelerator, self.run_dir, self.keep, self.sharded = workload, accelerator, run_dir, keep, sharded
 
     def save(self, model, optimizer, state: LoopState) -> Path:
         from .checkpoint import checkpoint_path
 
-        unwrapped = self.accelerator.unwrap_model(model)
-        bad = next((name for name, p in unwrapped.named_parameters() if not torch.isfinite(p).all()), None)
+        bad = _first_non_finite(self.accelerator, self.accelerator.unwrap_model(model))
         if bad is not None:
             raise TrainingDiverged(f"training diverged by step {state.step}: parameter {bad} is not finite; "
                                    "not saving it, earlier checkpoints are kept. Lower train.lr")
         optimizer_ = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        # A sharded (FSDP) run is gathered here, on every process, into plain weights and state.
+        full_model = self.sharded.full_model(model)
+        optimizer_state = _State(self.sharded.optimizer_state(model, optimizer_))
         _on_main(self.accelerator, lambda: save_checkpoint(
-            self.run_dir, state.step, write_model=lambda directory: self.workload.save_model(unwrapped, directory),
-            optimizer=optimizer_, trainer_state={**vars(state), "stream": self.workload.data_state()}, keep=self.keep))
+            self.run_dir, state.step, write_model=lambda directory: self.workload.save_model(full_model, directory),
+            optimizer=optimizer_state, trainer_state={**vars(state), "stream": self.workload.data_state()}, keep=self.keep))
         return checkpoint_path(self.run_dir, state.step)
+
+
+class _State:
+    """An optimizer state already gathered, handed to ``save_checkpoint`` as an optimizer."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+def _first_non_finite(accelerator: Accelerator, model) -> str | None:
+    """The name of a parameter that is not finite on any process (FSDP: each checks its shard)."""
+    def local(p):
+        return p.to_local() if hasattr(p, "to_local") else p
+
+    bad = next((name for name, p in model.named_parameters() if not torch.isfinite(local(p)).all()), None)
+    if accelerator.num_processes == 1:
+        return bad
+    anywhere = accelerator.reduce(torch.tensor([0.0 if bad is None else 1.0], device=accelerator.device), reduction="sum")
+    return (bad or "(on another process)") if float(anywhere[0]) > 0 else None
 
 
 def _on_main(accelerator: Accelerator, action) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from . import masks
 from .config import ModelConfig
@@ -44,6 +45,9 @@ class Transformer(nn.Module):
         # registry. Kept out of the module tree on purpose: the trunk's state dict, parameter
         # count, optimizer groups and weight converters see the trunk only. See ``attach``.
         self._attachments: dict[str, nn.Module] = {}
+        # train.activation_checkpointing (set by foundry/distributed.py prepare_model): recompute
+        # each block in backward instead of keeping its activations
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     # -- init --------------------------------------------------------------------------------
@@ -129,7 +133,11 @@ class Transformer(nn.Module):
         rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype) if cfg.pos == "rope" else None
         weights = []
         for i, block in enumerate(self.blocks, start=1):
-            x, w = block(x, rope, spec, cfg.causal, need_attention)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only the block's input; backward recomputes the rest (same dropout: RNG is replayed)
+                x, w = checkpoint(block, x, rope, spec, cfg.causal, need_attention, use_reentrant=False)
+            else:
+                x, w = block(x, rope, spec, cfg.causal, need_attention)
             if i in need_hidden:
                 hidden[i] = x
             if need_attention:
