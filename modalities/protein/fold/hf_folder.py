@@ -54,10 +54,17 @@ class HFEsmFolder:
         import torch
         from transformers import EsmForProteinFolding
 
+        from transformers.utils import logging as hf_logging
+
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per run is noise on a command's stderr
         try:
             model = EsmForProteinFolding.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot load EsmForProteinFolding ({str(exc).splitlines()[0]})") from None
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         self.device = device or torch.device("cpu")
         self.model = model.float().to(self.device).eval()  # fp16_esm is a GPU memory option; fp32 everywhere here
         if chunk_size is not None:
