@@ -1,0 +1,159 @@
+"""``foundry image pretrain``: masked-patch (MAE) pretraining on unlabelled images, trained by the
+one loop (``foundry.train.run_training``: checkpoints, exact resume, metrics.jsonl, SIGTERM).
+
+    OUT/config.yaml       the run's settings (--resume OUT needs nothing else)
+    OUT/metrics.jsonl    loss per step, validation loss (fixed masks on held-out images)
+    OUT/checkpoints/     model dir + optimizer + RNG + stream position
+    OUT/final/           the last model dir: --from for `foundry image finetune`, `foundry image export`
+    OUT/summary.json     written last: the run finished
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from foundry.atomic import atomic_directory, atomic_write_text
+from foundry.checkpoint import latest_checkpoint
+from foundry.config import TrainSection
+from foundry.errors import FoundryError
+from foundry.rundir import checkpoint_to_resume, writing
+from foundry.train import StepLoss, param_groups, run_training
+
+from .common import ImageStream, load_module_state, read_run_settings, resolve_encoder, write_model_dir, write_run_settings
+from .imagedata import ImageSet, normalise, read_images
+from .mae import MaskedAutoencoder
+from .presets import PRESETS
+
+MASK_SEED_STRIDE = 1_000_003  # masking noise of batch i: seed * stride + i (exact resume)
+EVAL_SEED = 7_777_777  # fixed masks for validation, apart from training's
+
+
+class MAEWorkload:
+    """What the loop trains: MAE on a fixed set of images; the best model is the lowest val loss."""
+
+    metric, higher_is_better = "val_loss", False
+
+    def __init__(self, model: MaskedAutoencoder, train: ImageSet, valid: ImageSet, settings: dict, train_cfg: TrainSection):
+        self.model, self.train, self.valid, self.settings, self.t = model, train, valid, settings, train_cfg
+        self.stream = ImageStream(len(train), settings["batch_size"], train_cfg.seed)
+
+    def param_groups(self) -> list[dict]:
+        return param_groups(self.model.named_parameters(), self.t.weight_decay)
+
+    def next_batch(self, rank: int, world: int):
+        return self.stream.next(rank, world)
+
+    def data_state(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_data_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def train_mode(self, model) -> None:
+        model.train()
+
+    def loss(self, model, batch, seed: int, device) -> StepLoss:
+        images = normalise(self.train.images[torch.as_tensor(batch.indices)]).to(device)
+        generator = torch.Generator().manual_seed(seed * MASK_SEED_STRIDE + batch.index)
+        loss, _, mask = model(images, generator)
+        patches = int(mask.numel())
+        return StepLoss(loss, patches, patches, {"masked_patches": float(mask.sum())})
+
+    @torch.no_grad()
+    def evaluate(self, model, accelerator) -> dict[str, float]:
+        model.eval()
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        total, count = 0.0, 0.0
+        size = self.settings["batch_size"]
+        for start in range(0, len(self.valid), size):
+            images = normalise(self.valid.images[start : start + size]).to(accelerator.device)
+            loss, _, mask = model(images, generator)
+            total, count = total + float(loss) * float(mask.sum()), count + float(mask.sum())
+        return {"val_loss": total / max(count, 1.0), "val_masked_patches": int(count)}
+
+    def describe_evaluation(self, step: int, result: dict[str, float]) -> str:
+        what = "per-patch normalised pixels" if self.settings["norm_pix_loss"] else "pixels"
+        return f"step {step}: val_loss {result['val_loss']:.4f} (MSE on masked patches, {what})"
+
+    def save_model(self, model, directory: Path) -> None:
+        s = self.settings
+        spec = {"kind": "mae", "preset": s["preset"], "decoder": s["decoder"], "mask_ratio": s["mask_ratio"],
+                "norm_pix_loss": s["norm_pix_loss"]}
+        write_model_dir(directory, model, spec, model.encoder, s["encoder"], s.get("timm_name"))
+
+    def restore_model(self, model, directory: Path) -> None:
+        load_module_state(model, directory)
+
+
+def split_valid(images: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet]:
+    """Every k-th image (k = 1/fraction, at least one image) is held out for validation."""
+    n = len(images)
+    if n < 2:
+        raise FoundryError(f"{n} image(s): pretraining needs at least 2 (one is held out for validation)")
+    step = max(2, int(round(1.0 / max(fraction, 1e-6))))
+    held = set(range(step - 1, n, step)) or {n - 1}
+    keep = [i for i in range(n) if i not in held]
+    pick = lambda idx: ImageSet(images.images[idx], [images.ids[i] for i in idx])  # noqa: E731
+    return pick(keep), pick(sorted(held))
+
+
+def build_model(settings: dict, channels: int) -> MaskedAutoencoder:
+    from .backbone import build_encoder, encoder_kwargs
+
+    torch.manual_seed(settings["train"]["seed"])  # the initial weights are part of what the seed fixes
+    if "encoder" in settings:  # resuming: the checkpoint brings the weights
+        kwargs = settings["encoder"]
+        encoder = build_encoder(kwargs)
+    elif settings.get("from"):
+        encoder, kwargs, timm_name = resolve_encoder(settings["from"], settings.get("timm_model"))
+        settings["timm_name"] = timm_name
+    else:
+        preset = PRESETS[settings["preset"]]
+        kwargs = encoder_kwargs(preset, channels, settings.get("image_size"))
+        encoder = build_encoder(kwargs)
+        settings["timm_name"] = preset["timm_name"] if kwargs["img_size"] == preset["img_size"] else None
+    if kwargs["in_chans"] != channels:
+        raise FoundryError(f"the model takes {kwargs['in_chans']}-channel images; the data has {channels} channel(s)")
+    settings["encoder"] = kwargs
+    d = settings["decoder"]
+    return MaskedAutoencoder(encoder, d["dim"], d["depth"], d["heads"], settings["mask_ratio"], settings["norm_pix_loss"])
+
+
+def pretrain_images(settings: dict, resume: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) an image MAE pretraining; ``settings`` as ``commands.pretrain`` builds them."""
+    if resume is not None:
+        settings = {**read_run_settings(resume, "pretrain"), "max_steps_override": settings.get("max_steps_override")}
+    out = Path(resume or settings["out"])
+    checkpoint = checkpoint_to_resume(out, resume, True)
+    size = settings["encoder"]["img_size"] if "encoder" in settings else _image_size(settings)
+    images = read_images(Path(settings["data"]), size, settings["encoder"]["in_chans"] if "encoder" in settings else None)
+    train, valid = split_valid(images, settings["valid_fraction"])
+    model = build_model(settings, images.channels)
+    t = TrainSection(**settings["train"])
+    if settings.get("max_steps_override"):
+        t.max_steps = settings["max_steps_override"]
+    workload = MAEWorkload(model, train, valid, settings, t)
+    with writing(out, fresh=checkpoint is None, main_process=True):
+        write_run_settings(out, {k: v for k, v in settings.items() if k != "max_steps_override"})
+        result = run_training(workload, t, out, resume_from=checkpoint, tracker_config=settings)
+        summary = {**result, "modality": "image", "objective": "mae", "train_images": len(train), "valid_images": len(valid),
+                   "channels": images.channels, "image_size": settings["encoder"]["img_size"],
+                   "parameters": sum(p.numel() for p in model.parameters()),
+                   "encoder_parameters": sum(p.numel() for p in model.encoder.parameters()),
+                   "final_model": str(out / "final"), "checkpoint": str(latest_checkpoint(out).relative_to(out))}
+        with atomic_directory(out / "final") as tmp:
+            shutil.copytree(latest_checkpoint(out) / "model", tmp, dirs_exist_ok=True)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    return summary
+
+
+def _image_size(settings: dict) -> int:
+    if settings.get("from"):  # the imported model's own size
+        _, kwargs, _ = resolve_encoder(settings["from"], settings.get("timm_model"))
+        return kwargs["img_size"]
+    return settings.get("image_size") or PRESETS[settings["preset"]]["img_size"]
