@@ -163,3 +163,17 @@ def test_lddt_per_residue_and_plddt_loss(chain):
     loss = plddt_loss(logits, pred, ca, mask)
     assert loss < 1e-6 and not loss.requires_grad
     assert torch.allclose(plddt_from_logits(logits), (index.double() + 0.5) * 2.0)
+
+
+def test_losses_compute_in_float32_under_autocast(chain):
+    """Mixed precision: bf16 Cβ coordinates would shift distances by ~0.1 Å (a third of a distogram bin)."""
+    _, xyz = chain
+    ca = xyz[None, :, 1].float()
+    mask = torch.ones(1, len(xyz))
+    logits = torch.randn(1, len(xyz), len(xyz), 64, generator=torch.Generator().manual_seed(3))
+    full = distogram_loss(logits, ca, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = distogram_loss(logits.bfloat16(), ca, mask)
+        fape = backbone_fape(*_fape_inputs(xyz.float())[:2], *_fape_inputs(xyz.float())[:2], ca, ca, mask)
+    assert half.dtype == torch.float32 and fape.dtype == torch.float32
+    assert torch.allclose(half, full, atol=0.02)  # only the logits' rounding differs

@@ -17,6 +17,8 @@ predicted or hand-made models) would silently get zero weight. Here every struct
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +30,21 @@ PLDDT_BINS = 50
 LDDT_THRESHOLDS = (0.5, 1.0, 2.0, 4.0)
 
 
+def _no_autocast(fn):
+    """Run a loss outside autocast (with ``_full`` for half inputs): geometry in bf16 is off by tenths of an Å."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next(a for a in args if isinstance(a, torch.Tensor)).device.type
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _full(*xs: torch.Tensor) -> list[torch.Tensor]:
+    """Half-precision inputs (autocast) upcast to float32: 0.3 Å distogram bins and 1e-4 FAPE eps need it."""
+    return [x.float() if x.dtype in (torch.float16, torch.bfloat16) else x for x in xs]
+
+
 def _clean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Zero coordinates where ``mask`` is 0 (and any NaN), so masked entries cannot poison sums or gradients."""
     keep = mask.bool()
@@ -36,6 +53,7 @@ def _clean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(keep & ~torch.isnan(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+@_no_autocast
 def backbone_fape(pred_rot: torch.Tensor, pred_trans: torch.Tensor, true_rot: torch.Tensor, true_trans: torch.Tensor,
                   pred_pos: torch.Tensor, true_pos: torch.Tensor, mask: torch.Tensor,
                   clamp: float | None = 10.0, length_scale: float = 10.0, eps: float = 1e-4,
@@ -48,6 +66,8 @@ def backbone_fape(pred_rot: torch.Tensor, pred_trans: torch.Tensor, true_rot: to
     d_ij = sqrt(|T_i^-1 x_j - T_i_true^-1 x_j_true|^2 + eps), clamped at ``clamp`` Å (None: no
     clamp), divided by ``length_scale``, averaged over the pairs (i, j) where both are unmasked.
     """
+    pred_rot, pred_trans, true_rot, true_trans, pred_pos, true_pos = _full(
+        pred_rot, pred_trans, true_rot, true_trans, pred_pos, true_pos)
     mask = mask.to(pred_trans.dtype)
     if pred_pos.dim() == 4:  # (B, L, A, 3) -> (B, L*A, 3)
         b, length, atoms, _ = pred_pos.shape
@@ -77,6 +97,7 @@ def distogram_bins(true_cb: torch.Tensor, min_bin: float = DISTOGRAM_MIN, max_bi
     return (d2 > edges**2).sum(-1)
 
 
+@_no_autocast
 def distogram_loss(logits: torch.Tensor, true_cb: torch.Tensor, mask: torch.Tensor,
                    min_bin: float = DISTOGRAM_MIN, max_bin: float = DISTOGRAM_MAX,
                    bins: int = DISTOGRAM_BINS) -> torch.Tensor:
@@ -86,13 +107,15 @@ def distogram_loss(logits: torch.Tensor, true_cb: torch.Tensor, mask: torch.Tens
     does not know residue types. ``mask`` (B, L): residues with that atom; pairs (i, j) with both
     unmasked count, the diagonal included (as in AlphaFold2, where it is bin 0).
     """
+    logits, true_cb = _full(logits, true_cb)
     mask = mask.to(logits.dtype)
-    target = distogram_bins(_clean(true_cb, mask).to(logits.dtype), min_bin, max_bin, bins)
+    target = distogram_bins(_clean(true_cb, mask), min_bin, max_bin, bins)
     ce = F.cross_entropy(logits.permute(0, 3, 1, 2), target, reduction="none")  # (B, L, L)
     pair = mask[:, :, None] * mask[:, None, :]
     return ((ce * pair).sum((1, 2)) / pair.sum((1, 2)).clamp(min=1.0)).mean()
 
 
+@_no_autocast
 def lddt_per_residue(pred_ca: torch.Tensor, true_ca: torch.Tensor, mask: torch.Tensor,
                      cutoff: float = 15.0, eps: float = 1e-10) -> torch.Tensor:
     """Per-residue lDDT-Cα (B, L) in [0, 1] (AF2 Algorithm 29 / OpenFold ``lddt``).
@@ -112,6 +135,7 @@ def lddt_per_residue(pred_ca: torch.Tensor, true_ca: torch.Tensor, mask: torch.T
     return (eps + (scored * score).sum(-1)) / (eps + scored.sum(-1))
 
 
+@_no_autocast
 def plddt_loss(plddt_logits: torch.Tensor, pred_ca: torch.Tensor, true_ca: torch.Tensor, mask: torch.Tensor,
                cutoff: float = 15.0) -> torch.Tensor:
     """Cross-entropy of (B, L, bins) confidence logits against the binned true lDDT-Cα of each residue.
@@ -121,6 +145,7 @@ def plddt_loss(plddt_logits: torch.Tensor, pred_ca: torch.Tensor, true_ca: torch
     No resolution mask: see the module docstring.
     """
     bins = plddt_logits.shape[-1]
+    plddt_logits, pred_ca, true_ca = _full(plddt_logits, pred_ca, true_ca)
     with torch.no_grad():
         target = lddt_per_residue(pred_ca.detach(), true_ca, mask, cutoff)
         index = torch.clamp(torch.floor(target * bins).long(), max=bins - 1)
