@@ -148,3 +148,49 @@ def test_bad_inputs_give_one_line_errors(esmfold, tmp_path):
     (out / "old").mkdir(parents=True)
     assert "not empty" in _error("--model", path, good, "-o", out)
     assert not out.exists() or (out / "old").exists()
+
+
+class _FakeFolder:
+    """A foundry fold model stand-in: records how it is called, returns a straight chain with a distogram."""
+
+    max_length = 100
+
+    def __init__(self):
+        self.batches, self.chunk_size = [], None
+
+    def fold(self, ids, sequences):
+        from modalities.protein.fold.losses import DISTOGRAM_BINS, DISTOGRAM_MAX, DISTOGRAM_MIN
+
+        self.batches.append(list(ids))
+        out = []
+        for rid, seq in zip(ids, sequences):
+            n = len(seq)
+            atoms = np.arange(n * 15, dtype=np.float64).reshape(n, 5, 3)
+            disto = np.zeros((n, n, DISTOGRAM_BINS))
+            disto[..., 0] = 1.0  # every pair certainly closer than 2.3 Å: P(contact) = 1
+            out.append(FoldPrediction(rid, seq, atoms, np.full(n, 80.0), disto,
+                                      np.linspace(DISTOGRAM_MIN, DISTOGRAM_MAX, DISTOGRAM_BINS - 1)))
+        return out
+
+
+def test_foundry_models_go_through_load_folder(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from modalities.protein.fold.prediction import contact_probabilities
+
+    fake, calls = _FakeFolder(), []
+    module = types.ModuleType("modalities.protein.fold.predictor")
+    module.load_folder = lambda path, device: calls.append((Path(path), str(device))) or fake
+    monkeypatch.setitem(sys.modules, "modalities.protein.fold.predictor", module)
+    model = tmp_path / "best"
+    model.mkdir()
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">a\nMKV\n>b\nGGGG\n>c\nWY\n")
+    result = run_cli("protein", "fold", "--model", model, fasta, "-o", tmp_path / "pred", "--device", "cpu",
+                     "--batch-size", "2", "--chunk-size", "16")
+    assert result.exit_code == 0, result.stderr
+    assert calls == [(model, "cpu")] and fake.batches == [["a", "b"], ["c"]] and fake.chunk_size == 16
+    assert [len(_parse(tmp_path / "pred" / f"{r}.pdb")) for r in "abc"] == [3, 4, 2]
+    assert "3 structures, mean pLDDT 80.0" in result.stdout
+    assert np.all(contact_probabilities(fake.fold(["x"], ["MK"])[0]) == 1.0)

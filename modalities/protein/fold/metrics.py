@@ -23,8 +23,10 @@ Definitions, each a decision:
   residues; each seed is refined by up to 20 rounds of "keep residues closer than d0_search + 1,
   re-superpose" (d0_search = d0 clamped to [4.5, 8] Å; the first round uses d0_search - 1; a
   cutoff that keeps fewer than 3 residues grows by 0.5 Å). Approximation: the program's fragment
-  stride and stopping rules differ slightly; on real chains this agrees with TM-score to about
-  1e-3 and is never above the true maximum (every value is a real superposition's score).
+  stride and stopping rules differ slightly, so this is a lower bound of the true maximum (every
+  value is a real superposition's score). Checked against TM-align (tmtools 0.3.0, TM normalised
+  by the reference) on 1A8O and 1TEN with noise or a hinge motion: equal to 4 decimals where
+  TM-align keeps the residue-to-residue alignment, at most 0.004 above it where it drops pairs.
 - **GDT-TS**: mean over cutoffs 1, 2, 4, 8 Å of the largest fraction of the L residues within the
   cutoff after a superposition, searched with the same seeds, iterating "keep residues within the
   cutoff, re-superpose" (LGA searches more exhaustively; same lower-bound caveat). In [0, 1].
