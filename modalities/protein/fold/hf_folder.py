@@ -66,7 +66,9 @@ class HFEsmFolder:
             if bar_was_on:
                 hf_logging.enable_progress_bar()
         self.device = device or torch.device("cpu")
-        self.model = model.float().to(self.device).eval()  # fp16_esm is a GPU memory option; fp32 everywhere here
+        if self.device.type != "cuda":
+            model = model.float()  # fp16_esm (esmfold_v1's 3B LM in half precision) is for GPUs; CPUs run fp32
+        self.model = model.to(self.device).eval()
         if chunk_size is not None:
             self.model.trunk.set_chunk_size(chunk_size)
         self.max_length = int(model.config.max_position_embeddings) - 2
