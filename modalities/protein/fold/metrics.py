@@ -70,7 +70,8 @@ def _kabsch(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np
     """Weighted superpositions, batched: x, y (N, 3), w (S, N) -> rot (S, 3, 3), trans (S, 3), x @ rot.T + trans ≈ y."""
     wsum = np.maximum(w.sum(1, keepdims=True), 1e-12)
     cx, cy = (w @ x) / wsum, (w @ y) / wsum  # (S, 3)
-    h = np.einsum("sn,ni,nj->sij", w, x, y) - wsum[:, :, None] * cx[:, :, None] * cy[:, None, :]
+    outer = (x[:, :, None] * y[:, None, :]).reshape(len(x), 9)  # one matrix product instead of an einsum
+    h = (w @ outer).reshape(-1, 3, 3) - wsum[:, :, None] * cx[:, :, None] * cy[:, None, :]
     u, _, vt = np.linalg.svd(h)
     d = np.sign(np.linalg.det(np.einsum("sji,skj->sik", vt, u)))  # det(V U^T)
     d[d == 0] = 1.0
@@ -148,7 +149,7 @@ def _seeds(n: int) -> np.ndarray:
 
 def _distances(x, y, rot, trans) -> np.ndarray:
     """(S, N) distance of each residue after each superposition."""
-    moved = np.einsum("sij,nj->sni", rot, x) + trans[:, None, :]
+    moved = x[None] @ rot.transpose(0, 2, 1) + trans[:, None, :]
     return np.linalg.norm(moved - y[None], axis=-1)
 
 
@@ -166,20 +167,38 @@ def _keep_within(dist: np.ndarray, cutoff: float) -> np.ndarray:
     return keep.astype(np.float64)
 
 
-def _search(x, y, score, first_cutoff: float, cutoff: float, rounds: int = 20) -> float:
-    """Max of ``score(dist)`` over seed superpositions refined by keep-within-cutoff rounds."""
+def _unseen(keep: np.ndarray, seen: set[bytes]) -> np.ndarray:
+    """The rows of ``keep`` (residue selections) not superposed before, each once: seeds converge to few sets."""
+    packed = np.packbits(keep.astype(bool), axis=1)
+    _, first = np.unique(packed, axis=0, return_index=True)
+    rows = [i for i in sorted(first) if packed[i].tobytes() not in seen]
+    seen.update(packed[i].tobytes() for i in rows)
+    return keep[rows]
+
+
+def _seed_distances(x, y) -> np.ndarray:
+    """(S, N) residue distances after superposing each seed fragment."""
     rot, trans = _kabsch(x, y, _seeds(len(x)))
-    dist = _distances(x, y, rot, trans)
+    return _distances(x, y, rot, trans)
+
+
+def _search(x, y, score, first_cutoff: float, cutoff: float, rounds: int = 20, seeded=None) -> float:
+    """Max of ``score(dist)`` over seed superpositions refined by keep-within-cutoff rounds.
+
+    A selection's refinement is deterministic, so one already superposed is not repeated.
+    ``seeded``: ``_seed_distances(x, y)`` when the caller searches several times.
+    """
+    dist = _seed_distances(x, y) if seeded is None else seeded
     best = score(dist).max()
-    keep = _keep_within(dist, first_cutoff)
+    keep, seen = _keep_within(dist, first_cutoff), set()
     for _ in range(rounds):
+        keep = _unseen(keep, seen)
+        if not len(keep):
+            break
         rot, trans = _kabsch(x, y, keep)
         dist = _distances(x, y, rot, trans)
         best = max(best, score(dist).max())
-        new = _keep_within(dist, cutoff)
-        if np.array_equal(new, keep):
-            break
-        keep = new
+        keep = _keep_within(dist, cutoff)
     return float(best)
 
 
@@ -200,7 +219,9 @@ def gdt_ts(pred, true, mask=None, length: int | None = None) -> float:
     length = length or len(y)
     if len(x) < 3:
         return float("nan")
-    return float(np.mean([_search(x, y, lambda d, c=c: (d < c).sum(1) / length, c, c) for c in GDT_CUTOFFS]))
+    seeded = _seed_distances(x, y)
+    return float(np.mean([_search(x, y, lambda d, c=c: (d < c).sum(1) / length, c, c, seeded=seeded)
+                          for c in GDT_CUTOFFS]))
 
 
 # -- contacts -----------------------------------------------------------------------------------
