@@ -87,6 +87,11 @@ def test_fold_matches_transformers_output(esmfold, fasta, tmp_path):
             for k, atom in enumerate(names):
                 assert np.allclose(res[atom].coord, atom14[i, k], atol=1e-3), (rid, i, atom)
                 assert res[atom].get_bfactor() == pytest.approx(plddt[i], abs=0.006)
+    # chunked axial attention (long sequences): the same structure
+    chunked = tmp_path / "chunked"
+    result = run_cli("protein", "fold", "--model", path, fasta, "-o", chunked, "--device", "cpu", "--chunk-size", "4")
+    assert result.exit_code == 0, result.stderr
+    assert (chunked / "d1or4a_.pdb").read_text() == (out / "d1or4a_.pdb").read_text()
     # transformers' own PDB of the first record: same backbone coordinates
     with torch.no_grad():
         hf_pdb = model.output_to_pdb(model.infer(["MKTAYIAKQRGXSWV"]))[0]
