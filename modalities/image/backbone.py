@@ -96,10 +96,12 @@ def load_encoder_file(path: Path) -> tuple[nn.Module, dict, str | None]:
     return model, kwargs, spec.get("timm_name")
 
 
-def import_timm(path: Path, timm_name: str | None) -> tuple[nn.Module, dict, str | None]:
+def import_timm(path: Path, timm_name: str | None, in_chans: int | None = None) -> tuple[nn.Module, dict, str | None]:
     """A local timm checkpoint (``.safetensors``, ``.pth``, ``.bin``) of architecture ``timm_name``,
     loaded by timm itself (``pretrained_cfg_overlay=dict(file=...)``: no network), then rebuilt from
-    its ``kwargs_of`` so a saved run needs no timm name. A file with our ``.json`` beside it needs no name."""
+    its ``kwargs_of`` so a saved run needs no timm name. A file with our ``.json`` beside it needs no name.
+    ``in_chans``: timm adapts the patch embedding of an RGB checkpoint to grayscale (summing the
+    colour filters) or more channels, as its ``adapt_input_conv`` does for any pretrained model."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model directory or checkpoint file")
@@ -112,7 +114,8 @@ def import_timm(path: Path, timm_name: str | None) -> tuple[nn.Module, dict, str
     from timm.models.vision_transformer import VisionTransformer
 
     try:
-        model = timm.create_model(timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(path)))
+        extra = {"in_chans": in_chans} if in_chans else {}
+        model = timm.create_model(timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(path)), **extra)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: does not load as timm {timm_name}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # unknown model name, unreadable file

@@ -200,11 +200,14 @@ def finetune_images(settings: dict, resume: Path | None = None) -> dict[str, Any
     else:
         encoder, kwargs, timm_name = None, settings.get("encoder"), settings.get("timm_name")
         size = kwargs["img_size"] if kwargs else (settings.get("image_size") or PRESETS[settings["preset"]]["img_size"])
-    train = read_labelled(Path(settings["train_data"]), size, kwargs["in_chans"] if kwargs else None)
+    fixed = kwargs["in_chans"] if kwargs and not settings.get("timm_model") else None  # a timm checkpoint adapts to the data
+    train = read_labelled(Path(settings["train_data"]), size, fixed)
     valid = read_labelled(Path(settings["valid_data"]), size, train.channels)
     test = read_labelled(Path(settings["test_data"]), size, train.channels) if settings.get("test_data") else None
     if encoder is None:
         encoder, kwargs, timm_name = _encoder_for(settings, train.channels)
+    elif kwargs["in_chans"] != train.channels and settings.get("timm_model"):  # an RGB timm checkpoint, grayscale data
+        encoder, kwargs, timm_name = resolve_encoder(settings["from"], settings["timm_model"], train.channels)
     if kwargs["in_chans"] != train.channels:
         raise FoundryError(f"{settings.get('from')}: the model takes {kwargs['in_chans']}-channel images; "
                            f"{settings['train_data']} has {train.channels}-channel images")

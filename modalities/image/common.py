@@ -115,10 +115,10 @@ def load_module_state(module, directory: Path) -> None:
         raise CheckpointError(f"{path}: cannot load ({str(exc).splitlines()[0]})") from None
 
 
-def resolve_encoder(source: str | Path, timm_name: str | None = None):
+def resolve_encoder(source: str | Path, timm_name: str | None = None, in_chans: int | None = None):
     """(encoder, kwargs, timm name) from ``--from``: a model directory of ours (``OUT/final``,
     ``FT/best``; a run directory means its ``final``), an exported ``.safetensors`` with its
-    ``.json``, or a local timm checkpoint with ``timm_name``."""
+    ``.json``, or a local timm checkpoint with ``timm_name`` (adapted to ``in_chans`` channels)."""
     from .backbone import import_timm, load_encoder_file
 
     path = Path(source)
@@ -129,4 +129,4 @@ def resolve_encoder(source: str | Path, timm_name: str | None = None):
             raise CheckpointError(f"{path}: not an image model directory (no encoder.safetensors); give OUT/final of "
                                   "`foundry image pretrain`, FT/best of a fine-tuning run, or a timm checkpoint file")
         return load_encoder_file(path / "encoder.safetensors")
-    return import_timm(path, timm_name)
+    return import_timm(path, timm_name, in_chans)

@@ -110,7 +110,7 @@ def build_model(settings: dict, channels: int) -> MaskedAutoencoder:
         kwargs = settings["encoder"]
         encoder = build_encoder(kwargs)
     elif settings.get("from"):
-        encoder, kwargs, timm_name = resolve_encoder(settings["from"], settings.get("timm_model"))
+        encoder, kwargs, timm_name = resolve_encoder(settings["from"], settings.get("timm_model"), channels if settings.get("timm_model") else None)
         settings["timm_name"] = timm_name
     else:
         preset = PRESETS[settings["preset"]]
