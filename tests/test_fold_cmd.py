@@ -199,3 +199,26 @@ def test_foundry_models_go_through_load_folder(monkeypatch, tmp_path):
     assert [len(_parse(tmp_path / "pred" / f"{r}.pdb")) for r in "abc"] == [3, 4, 2]
     assert "3 structures, mean pLDDT 80.0" in result.stdout
     assert np.all(contact_probabilities(fake.fold(["x"], ["MK"])[0]) == 1.0)
+
+
+def test_a_model_without_coordinates_writes_nothing(monkeypatch, tmp_path):
+    """A distogram-only model (first training stage) predicts no atoms: refused, no half-written folder."""
+    import sys
+    import types
+
+    class NoAtoms(_FakeFolder):
+        def fold(self, ids, sequences):
+            out = super().fold(ids, sequences)
+            for p in out:
+                p.atoms[:] = np.nan
+            return out
+
+    module = types.ModuleType("modalities.protein.fold.predictor")
+    module.load_folder = lambda path, device: NoAtoms()
+    monkeypatch.setitem(sys.modules, "modalities.protein.fold.predictor", module)
+    (tmp_path / "best").mkdir()
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">a\nMKV\n")
+    message = _error("--model", tmp_path / "best", fasta, "-o", tmp_path / "pred")
+    assert "no Cα coordinates for 3 of 3 residues of record 'a'" in message
+    assert not (tmp_path / "pred").exists()

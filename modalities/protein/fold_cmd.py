@@ -77,6 +77,17 @@ def check_lengths(records: list[tuple[str, str]], limit: int, fasta: Path, model
                             f"at most {limit} (split the sequence into domains)")
 
 
+def check_coordinates(prediction, model: Path) -> None:
+    """Every residue needs a Cα: a PDB missing residues would break "one residue per input residue"."""
+    import numpy as np
+
+    missing = int((~np.isfinite(prediction.atoms[:, 1]).all(-1)).sum())
+    if missing:
+        raise CheckpointError(f"--model {model}: no Cα coordinates for {missing} of {len(prediction.sequence)} "
+                              f"residues of record {prediction.id!r} (a model trained on distograms only, "
+                              "without its structure module, cannot write structures)")
+
+
 @click.command(name="fold")
 @click.option("--model", "model", required=True, type=click.Path(path_type=Path),
               help="Fine-tuned fold model dir (OUT/best) or a transformers EsmForProteinFolding dir.")
@@ -110,6 +121,7 @@ def fold_command(model, fasta, out, device, batch_size, chunk_size, overwrite):
             batch = records[start : start + batch_size]
             folded = folder.fold([rid for rid, _ in batch], [seq for _, seq in batch])
             for name, prediction in zip(names[start : start + batch_size], folded):
+                check_coordinates(prediction, model)
                 write_pdb(prediction, tmp / f"{name}.pdb")
                 write_png(tmp / f"{name}.png", prediction_image(prediction))
                 predictions.append(prediction)
