@@ -11,9 +11,13 @@ Randomness comes from an explicit ``torch.Generator`` so a batch's corruption is
 
 An objective consumes packed token batches (``batch_kind = "packed-tokens"``: tokens plus per-row
 document ids, 0 = padding) and returns ``(loss, labels)``; labels say which positions were scored,
-so the loop can report a unigram baseline on the same targets. A new objective (say DPO, whose
-batches are preference pairs) declares its own ``batch_kind`` and is one file plus one
-registration; the loop never names an objective.
+so the loop can report a unigram baseline on the same targets. Objectives that read rows of
+their own instead of a pretraining corpus (``sft``: conversations, ``batch_kind = "chat-tokens"``;
+``dpo``: preference pairs, ``"preference-pairs"``) subclass
+``foundry.objectives_tuning.TuningObjective``: they also bring the reader, the batch stream,
+validation batches and a loss over a whole batch (with a frozen reference model when they ask
+for one), and ``foundry.tuning.TuningWorkload`` runs any of them on the one loop. Pretraining
+refuses them by their ``batch_kind``; the loop never names an objective.
 """
 
 from __future__ import annotations
