@@ -147,7 +147,7 @@ def test_bad_inputs_give_one_line_errors(esmfold, tmp_path):
     assert "record 1 'g1': '-' at residue 4 cannot be folded" in _error("--model", path, gapped, "-o", out)
     good = tmp_path / "good.fasta"
     good.write_text(">a\nMKV\n")
-    assert "no such directory" in _error("--model", tmp_path / "nope", good, "-o", out)
+    assert "nope: no such file or directory" in _error("--model", tmp_path / "nope", good, "-o", out)
     (tmp_path / "not_a_model").mkdir()
     assert "not_a_model" in _error("--model", tmp_path / "not_a_model", good, "-o", out)  # neither ESMFold nor fold
     (out / "old").mkdir(parents=True)

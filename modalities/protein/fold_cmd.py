@@ -9,7 +9,8 @@ along the sequence), plus ``pred/summary.csv`` (id, length, mean_plddt) in input
 id is the first word of the header, kept as it is (``d1or4a_``); characters unsafe in a file name
 (``sp|P69905|HBA``) become ``_`` (``foundry.images.safe_names``), and summary.csv keeps the id.
 
-``--model`` is a directory: with a config.json naming ``EsmForProteinFolding`` it is run through
+``--model`` is a directory (or a hub id such as ``facebook/esmfold_v1`` already in the local
+Hugging Face cache; nothing is downloaded): with a config.json naming ``EsmForProteinFolding`` it is run through
 transformers (``fold/hf_folder.py``), otherwise it is a ``finetune --task fold`` model
 (``fold/predictor.py``). The output folder is written complete or not at all; an existing folder
 is refused unless empty or ``--overwrite``. A record longer than the model's limit is refused
@@ -48,10 +49,11 @@ def read_records(path: Path) -> list[tuple[str, str]]:
 
 def load_any_folder(model: Path, device, chunk_size: int | None):
     """The ``Folder`` for ``--model``: a transformers ESMFold directory or a foundry fold model."""
+    from foundry.convert import resolve_model_path
+
     from .fold.hf_folder import HFEsmFolder, is_hf_esmfold
 
-    if not model.exists():
-        raise CheckpointError(f"--model {model}: no such directory")
+    model = resolve_model_path(model)  # a local path, or a hub id found in the local Hugging Face cache
     if not model.is_dir():
         raise CheckpointError(f"--model {model}: expected a model directory (a fine-tuned fold model or an "
                               "EsmForProteinFolding folder)")
