@@ -222,3 +222,13 @@ def test_a_model_without_coordinates_writes_nothing(monkeypatch, tmp_path):
     message = _error("--model", tmp_path / "best", fasta, "-o", tmp_path / "pred")
     assert "no Cα coordinates for 3 of 3 residues of record 'a'" in message
     assert not (tmp_path / "pred").exists()
+
+
+def test_write_pdb_refuses_coordinates_the_format_cannot_hold(tmp_path):
+    from foundry.errors import DataError
+
+    atoms = np.zeros((2, 5, 3))
+    atoms[1, 1, 0] = -12345.0
+    with pytest.raises(DataError, match="outside what the PDB format"):
+        write_pdb(FoldPrediction("x", "MK", atoms, np.zeros(2)), tmp_path / "x.pdb")
+    assert not (tmp_path / "x.pdb").exists()

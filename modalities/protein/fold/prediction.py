@@ -31,6 +31,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from foundry.errors import DataError
+
 ATOMS = ("N", "CA", "C", "O", "CB")
 CONTACT_CUTOFF = 8.0
 THREE_LETTER = {
@@ -84,7 +86,11 @@ def _atom_line(serial: int, name: str, resname: str, resseq: int, xyz: np.ndarra
 def pdb_text(prediction: FoldPrediction) -> str:
     """The PDB file of ``prediction`` as a string (see the module docstring for the conventions)."""
     if len(prediction.sequence) > 9999:
-        raise ValueError(f"{prediction.id}: {len(prediction.sequence)} residues do not fit PDB residue numbers (9999)")
+        raise DataError(f"{prediction.id}: {len(prediction.sequence)} residues do not fit PDB residue numbers (9999)")
+    finite = prediction.atoms[np.isfinite(prediction.atoms)]
+    if finite.size and (finite.min() < -999.999 or finite.max() > 9999.999):
+        raise DataError(f"{prediction.id}: predicted coordinates reach {np.abs(finite).max():.0f} Å, outside what the "
+                        "PDB format's columns hold (-999.999 to 9999.999); the model is likely untrained or diverged")
     lines = [f"REMARK   1 {prediction.id} predicted structure; B-factor column = pLDDT (0-100)"]
     serial = 0
     for i, letter in enumerate(prediction.sequence.upper()):
