@@ -142,6 +142,11 @@ def test_bad_fold_input_is_one_line_naming_the_file(tmp_path, protein_model):
     assert result.exit_code == 2 and f"error: {empty}: no structure files" in result.stderr
     result = run_cli(*common, "--train", SMALL, "--chain", "Q")
     assert result.exit_code == 2 and "chain 'Q' not found; chains: A (50 amino acids)" in result.stderr
+    long = tmp_path / "long.pdb"  # valid chains are folded whole: longer than ESM-2 reads is refused, not windowed
+    long.write_text("".join(f"ATOM  {k:5d}  CA  ALA A{k:4d}    {1.5 * k % 999:8.3f}{0.0:8.3f}{0.0:8.3f}  1.00  0.00           C  \n"
+                            for k in range(1, 1101)) + "END\n")
+    result = run_cli(*common[:6], "--train", SMALL, "--valid", long, *common[8:])
+    assert result.exit_code == 2 and f"error: {long}: chain A: 1100 residues; --valid chains are folded whole" in result.stderr
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 

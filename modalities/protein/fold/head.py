@@ -103,6 +103,7 @@ class FoldHead(nn.Module):
                           blocks=blocks, structure_dim=structure_dim, structure_blocks=structure_blocks, ipa_heads=ipa_heads,
                           recycles=recycles, distogram_steps=distogram_steps, dropout=float(dropout))
         self.recycles, self.distogram_steps = recycles, distogram_steps
+        self.chunk_size: int | None = None  # triangular attention in chunks of this many rows: less memory, same result
         head_width = 16 if seq_dim % 16 == 0 and pair_dim % 16 == 0 else 8
         structure = StructureModuleConfig(sequence_dim=structure_dim, pairwise_dim=pair_dim, ipa_dim=16, resnet_dim=structure_dim,
                                           num_heads_ipa=ipa_heads, num_qk_points=4, num_v_points=8, dropout_rate=float(dropout),
@@ -152,7 +153,7 @@ class FoldHead(nn.Module):
                 z = z0 + f.recycle_z_norm(recycle_z.detach()) + f.recycle_disto(bins)
                 z = z + f.pairwise_positional_embedding(residx, mask=mask)
                 for block in f.blocks:
-                    s, z = block(s, z, mask=mask.to(s.dtype), residue_index=residx, chunk_size=None)
+                    s, z = block(s, z, mask=mask.to(s.dtype), residue_index=residx, chunk_size=self.chunk_size)
                 if with_structure:
                     structure = f.structure_module({"single": f.trunk2sm_s(s), "pair": f.trunk2sm_z(z)}, atom_type, mask.float())
                     bins = f.distogram(structure["positions"][-1][:, :, :3], 3.375, 21.375, f.recycle_bins)

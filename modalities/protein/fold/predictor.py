@@ -33,6 +33,14 @@ class FoundryFolder:
         window = model_window(self.model, finetuned.meta.get("max_len"))
         self.max_length = int(window) - self.front - self.back if window else 1 << 30
 
+    @property
+    def chunk_size(self) -> int | None:
+        return self.model.head.chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int | None) -> None:
+        self.model.head.chunk_size = value  # ``protein fold --chunk-size``: long sequences in less memory
+
     @torch.no_grad()
     def fold(self, ids: list[str], sequences: list[str]) -> list[FoldPrediction]:
         return [self._fold_one(i, s) for i, s in zip(ids, sequences)]

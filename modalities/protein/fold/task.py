@@ -33,6 +33,7 @@ from foundry.finetune.tasks import IGNORE, LabelInfo, Task, TaskOption
 from .head import CHANNELS, FoldHead, unpack
 from .data import TARGET_WIDTH
 
+MAX_SCORED = 1022  # residues of a valid/test chain: ESM-2's 1,024 tokens less <cls> and <eos>
 CONTACT_KEYS = tuple(f"{r}_P@{k}" for r in ("long", "medium", "short") for k in ("L", "L2", "L5"))
 
 
@@ -83,6 +84,11 @@ class Fold(Task):
         if not (path.is_dir() or is_structure_file(path)):
             raise DataError(f"{path}: --task fold reads PDB/mmCIF files (.pdb, .cif, optionally .gz) or folders of them")
         chains = read_chains(path, self.values.get("chain"))
+        if getattr(columns, "split", None) in ("valid", "test"):  # scored whole: a structure is not averaged over windows
+            for c in chains:
+                if len(c.sequence) > MAX_SCORED:
+                    raise DataError(f"{c.where}: {len(c.sequence)} residues; --{columns.split} chains are folded whole and ESM-2 "
+                                    f"reads at most {MAX_SCORED} (cut the file into domains, or train on it: training crops)")
         return [Record(c.name, c.sequence, c.target() if labelled else None, c.where) for c in chains]
 
     def fit(self, labels, where):
