@@ -44,7 +44,7 @@ def _train_settings(max_steps, lr, warmup_steps, weight_decay, seed, eval_every,
 @click.option("--model", "preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True, help="Preset to build.")
 @click.option("--from", "source", help="Continue from a model dir (OUT/final) or a local timm checkpoint file (with --timm-model).")
 @click.option("--timm-model", help="timm architecture of a --from checkpoint file, e.g. vit_tiny_patch16_224.")
-@click.option("--out", type=_path(), help="Run directory.")
+@click.option("--out", type=_path(), default=Path("runs/image"), show_default=True, help="Run directory.")
 @click.option("--resume", type=_path(exists=True, file_okay=False), help="Continue the run in this directory from its last checkpoint.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=400, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -70,8 +70,8 @@ def pretrain_command(data, preset, source, timm_model, out, resume, max_steps, b
     if resume:
         summary = pretrain_images({"max_steps_override": None}, resume=resume)
     else:
-        if data is None or out is None:
-            raise FoundryError("image pretrain needs --data DIR_OR_CSV and --out OUT (or --resume OUT)")
+        if data is None:
+            raise FoundryError("image pretrain needs --data DIR_OR_CSV: a folder of images (searched recursively) or a CSV of pixel rows")
         p = PRESETS[preset]
         settings = {
             "command": "pretrain", "data": str(data), "out": str(out), "preset": preset, "from": source, "timm_model": timm_model,
