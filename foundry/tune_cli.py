@@ -22,6 +22,9 @@ DEFAULTS = {
             "train.weight_decay": 0.0, "data.batch_tokens": 4096},
 }
 
+#: adapters start at zero and are few: they take a larger step (as fine-tuning's DEFAULT_LR)
+LORA_LR = {"sft": 1e-3, "dpo": 1e-4}
+
 HELP = {
     "sft": "Instruction-tune a causal model: loss on assistant/completion tokens only.\n\n"
            "--data rows: {\"messages\": [{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": ...}, ...]} "
@@ -39,7 +42,8 @@ def tune_command(modality_name: str, objective: str) -> click.Command:
     @click.option("--valid", type=click.Path(path_type=Path), help="Validation rows (JSONL); default: hold out tune.valid_fraction of --data.")
     @click.option("--out", type=click.Path(path_type=Path), help=f"Run directory (default runs/{modality_name}-{objective}).")
     @click.option("--max-steps", type=int, help="Optimizer steps to train.")
-    @click.option("--lr", type=float, help="Peak learning rate.")
+    @click.option("--lr", type=float, help=f"Peak learning rate (default {DEFAULTS[objective]['train.lr']:g}; "
+                                           f"{LORA_LR[objective]:g} with --strategy lora).")
     @click.option("--max-len", type=int, help="Tokens per sequence (data.max_len); a longer prompt is an error, a longer answer is cut.")
     @click.option("--strategy", type=click.Choice(["full", "lora"]), help="full (default) or lora adapters (peft).")
     @click.option("--chat-template", type=click.Path(path_type=Path), help="A Jinja chat template file (default: the model's own, else foundry's).")
@@ -69,6 +73,8 @@ def tune_command(modality_name: str, objective: str) -> click.Command:
             raise FoundryError(f"`foundry {modality_name} {objective}` needs --from MODEL and --data FILE.jsonl (or --resume OUT)")
         modality = get_manager().modality(modality_name)
         defaults = {**DEFAULTS[objective], "objective.name": objective, "out": f"runs/{modality_name}-{objective}"}
+        if strategy == "lora":
+            defaults["train.lr"] = LORA_LR[objective]
         if "data.max_len" in modality.config_defaults:
             defaults["data.max_len"] = modality.config_defaults["data.max_len"]
         flags = {
