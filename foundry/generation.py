@@ -110,12 +110,15 @@ def choose_next(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Ge
 # -- decoding -----------------------------------------------------------------------------------
 
 
-def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> None:
+def check_prompts(prompts: Sequence[Sequence[int]], context: int, names: Sequence[str] | None = None) -> None:
+    """Refuse an empty prompt, or one that leaves no room to generate in the model's context
+    (no silent truncation). ``names``: how to call each prompt in the message (default "prompt N")."""
     for i, ids in enumerate(prompts):
+        name = names[i] if names is not None else f"prompt {i + 1}"
         if len(ids) == 0:
-            raise FoundryError(f"prompt {i + 1}: empty (no tokens to continue)")
+            raise FoundryError(f"{name}: empty (no tokens to continue)")
         if len(ids) >= context:
-            raise FoundryError(f"prompt {i + 1}: {len(ids)} tokens, but the model's context is {context} tokens "
+            raise FoundryError(f"{name}: {len(ids)} tokens, but the model's context is {context} tokens "
                                "(model.max_position); shorten the prompt")
 
 
@@ -211,9 +214,11 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def complete_ids(model, tokenizer, prompts: Sequence[Sequence[int]], opts: SamplingOptions, batch_size: int = 16) -> Completion:
+def complete_ids(model, tokenizer, prompts: Sequence[Sequence[int]], opts: SamplingOptions, batch_size: int = 16,
+                 names: Sequence[str] | None = None) -> Completion:
     """Continue prompts given as token ids, ``batch_size`` rows at a time; texts decoded and cut at
-    the stop strings."""
+    the stop strings. ``names``: what errors call each prompt (e.g. "file.jsonl:3")."""
+    check_prompts(prompts, model.config.max_position, names)  # all of them, before any work
     eos_ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     texts, ids_out, reasons = [], [], []
     start, total = time.perf_counter(), 0
@@ -235,10 +240,11 @@ def complete_ids(model, tokenizer, prompts: Sequence[Sequence[int]], opts: Sampl
     return Completion(texts, ids_out, reasons, total, time.perf_counter() - start, [len(p) for p in prompts])
 
 
-def complete(model, tokenizer, prompts: Sequence[str], opts: SamplingOptions | None = None, batch_size: int = 16, **options) -> Completion:
+def complete(model, tokenizer, prompts: Sequence[str], opts: SamplingOptions | None = None, batch_size: int = 16,
+             names: Sequence[str] | None = None, **options) -> Completion:
     """Continue text prompts; ``options`` are ``SamplingOptions`` fields when ``opts`` is not given."""
     opts = opts or SamplingOptions(**_stop_tuple(options))
-    return complete_ids(model, tokenizer, [encode_prompt(tokenizer, p) for p in prompts], opts, batch_size)
+    return complete_ids(model, tokenizer, [encode_prompt(tokenizer, p) for p in prompts], opts, batch_size, names)
 
 
 def generate(model, tokenizer, prompts: str | Sequence[str], batch_size: int = 16, **options) -> list[str] | str:

@@ -178,6 +178,10 @@ def test_bad_input_is_one_line_exit_2(hf_models, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"text": "no prompt"}) + "\n")
     cases["missing field"] = (["text", "generate", "--model", path, "--prompts", bad], f"{bad}:2: missing field \"prompt\"")
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "ok"}) + "\n\n" + json.dumps({"prompt": "To be, or not to be " * 20}) + "\n")
+    cases["long in file"] = (["text", "generate", "--model", path, "--prompts", long, "--batch-size", "1"],
+                             f"{long}:3: ")
     masked = tmp_path / "masked"
     save_model(masked, Transformer(from_name("esm2_tiny", vocab_size=300, pad_id=0, mask_id=3)), BpeTokenizer.train(TEXT, vocab_size=300), "text")
     cases["masked"] = (["text", "generate", "--model", masked, "hi"], "a masked (BERT/ESM-style) model cannot generate")

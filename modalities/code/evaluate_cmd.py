@@ -37,7 +37,8 @@ def _generate(problems, options: dict, samples: int) -> list[tuple[str, str]]:
                            stop=tuple(options["stop"]) or HUMANEVAL_STOP, seed=options["seed"])
     model, tokenizer = load_causal("code", options["model_spec"], options["device"])
     tasks = [task for task in problems for _ in range(samples)]
-    result = complete(model, tokenizer, [problems[t].prompt for t in tasks], opts, batch_size=options["batch_size"])
+    result = complete(model, tokenizer, [problems[t].prompt for t in tasks], opts, batch_size=options["batch_size"],
+                      names=[f"task {t}" for t in tasks])
     report(result)
     return list(zip(tasks, result.texts))
 

@@ -60,14 +60,14 @@ def load_causal(modality_name: str, spec: str, device: str | None):
     return model.to(pick_device(device)).eval(), tokenizer
 
 
-def read_prompts(path: Path) -> list[dict]:
-    """JSONL records with a non-empty string "prompt"; errors name file and line."""
+def read_prompts(path: Path) -> list[tuple[str, dict]]:
+    """("file:line", record) for JSONL records with a non-empty string "prompt"; errors name file and line."""
     from foundry.jsonl import read_jsonl, string_field
 
     records = []
     for line_no, record in read_jsonl(path):
         string_field(record, "prompt", f"{path}:{line_no}")
-        records.append(record)
+        records.append((f"{path}:{line_no}", record))
     if not records:
         raise DataError(f"{path}: no prompts")
     return records
@@ -97,15 +97,16 @@ def run_generation(modality_name: str, prompt: str | None, prompts_file: Path | 
     opts = sampling_from(options)
     if options["batch_size"] < 1:
         raise FoundryError(f"--batch-size: must be at least 1, got {options['batch_size']}")
+    records = read_prompts(prompts_file) if prompts_file is not None else None  # bad input fails before loading
     model, tokenizer = load_causal(modality_name, options["model_spec"], options["device"])
     if build_ids is not None:
-        result = complete_ids(model, tokenizer, [build_ids(tokenizer)], opts)
-    elif prompts_file is None:
-        result = complete(model, tokenizer, [prompt], opts)
+        result = complete_ids(model, tokenizer, [build_ids(tokenizer)], opts, names=["the prompt"])
+    elif records is None:
+        result = complete(model, tokenizer, [prompt], opts, names=["the prompt"])
     else:
-        records = read_prompts(prompts_file)
-        result = complete(model, tokenizer, [r["prompt"] for r in records], opts, batch_size=options["batch_size"])
-        for record, text, reason in zip(records, result.texts, result.finish_reasons):
+        result = complete(model, tokenizer, [r["prompt"] for _, r in records], opts, batch_size=options["batch_size"],
+                          names=[where for where, _ in records])
+        for (_, record), text, reason in zip(records, result.texts, result.finish_reasons):
             keys = {k: record[k] for k in ("id", "task_id") if k in record}
             click.echo(json.dumps({**keys, "prompt": record["prompt"], "completion": text, "finish_reason": reason}))
         report(result)
