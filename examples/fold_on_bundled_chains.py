@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--from", dest="source", type=Path, help="a pretrained protein model dir (default: pretrain 200 steps)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/fold-proof")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--overfit-steps", type=int, default=300)
     parser.add_argument("--skip-overfit", action="store_true")
     args = parser.parse_args()

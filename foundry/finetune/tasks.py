@@ -84,6 +84,8 @@ class Task:
     options: ClassVar[tuple[TaskOption, ...]] = ()
     #: the modalities whose ``finetune`` offers this task; None: every modality
     modalities: ClassVar[tuple[str, ...] | None] = None
+    #: this task's metrics where smaller is better (errors, distances), for --metric and keep-best
+    lower_is_better: ClassVar[tuple[str, ...]] = ()
     #: the --strategy when a pretrained model is fine-tuned and none is given (None: the config's)
     default_strategy: ClassVar[str | None] = None
 

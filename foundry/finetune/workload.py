@@ -94,7 +94,7 @@ class FinetuneWorkload:
         self.model, self.task, self.labels, self.valid, self.pad_id = model, task, labels, valid, pad_id
         self.settings, self._save, self._restore, self.replay = settings, save_model, restore_model, replay
         self.metric = settings.metric
-        self.higher_is_better = self.metric not in M.LOWER_IS_BETTER
+        self.higher_is_better = self.metric not in M.LOWER_IS_BETTER | set(getattr(task, "lower_is_better", ()))
         self.stream = ExampleStream(train, settings.batch_size, pad_id, task.level, seed, settings.batch_tokens)
         self.l2sp = L2SP(model, settings.l2sp) if settings.l2sp > 0 else None
         self.replay_weight = settings.replay if replay is not None else 0.0

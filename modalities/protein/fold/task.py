@@ -43,6 +43,7 @@ class Fold(Task):
     modalities = ("protein",)
     default_metric = "lddt_ca"
     default_strategy = "frozen"
+    lower_is_better = ("rmsd_ca", "fape", "distogram_loss")
     heads = (FoldHead,)
     options = (
         TaskOption("chain", str, None, "the chain of each structure file to use (default: every protein chain)"),
