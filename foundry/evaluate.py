@@ -151,9 +151,12 @@ def pick_device(name: str | None) -> torch.device:
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise FoundryError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FoundryError(f"--device {name}: no CUDA device is available here (use cpu)")
+    return device
 
 
 def run_evaluate(modality_name: str, model_spec: str, files: Sequence[Path], *, max_len: int | None, batch_size: int, seed: int,

@@ -166,7 +166,7 @@ def generate_ids(
     model.eval()
     out: list[list[int]] = [[] for _ in range(b)]
     reasons = ["length"] * b
-    done = torch.zeros(b, dtype=torch.bool, device=device)
+    done = [False] * b  # a Python list: no device sync per row and step
     try:
         cache = KVCache.for_model(model, b, longest + max(steps, 0))
         logits = model.forward_cached(tokens, cache, positions, real) if steps > 0 else None
@@ -182,7 +182,7 @@ def generate_ids(
                     reasons[r], done[r] = "eos", True
                 elif stop_check is not None and stop_check(r, out[r]):
                     reasons[r], done[r] = "stop", True
-            if bool(done.all()):
+            if all(done):
                 break
             if seen is not None:
                 seen[torch.arange(b, device=device), nxt] = True
