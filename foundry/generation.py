@@ -155,12 +155,12 @@ def generate_ids(
     positions = (real.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at each row's first real token
     seen = None
     if opts.repetition_penalty != 1.0:
-        seen = torch.zeros(b, cfg.vocab_size, dtype=torch.bool, device=device)
-        seen.scatter_(1, tokens, real)
+        # counted, not scattered as bools: a padding slot must not clear a real token's mark
+        seen = torch.zeros(b, cfg.vocab_size, dtype=torch.long, device=device).scatter_add_(1, tokens, real.long()) > 0
     generator = None
     if opts.seed is not None:
         generator = torch.Generator(device=device).manual_seed(opts.seed)
-    eos = torch.as_tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
+    eos = set(eos_ids)
 
     was_training = model.training
     model.eval()
@@ -178,7 +178,7 @@ def generate_ids(
                 if done[r]:
                     continue
                 out[r].append(tid)
-                if len(eos) and tid in eos_ids:
+                if tid in eos:
                     reasons[r], done[r] = "eos", True
                 elif stop_check is not None and stop_check(r, out[r]):
                     reasons[r], done[r] = "stop", True

@@ -217,3 +217,22 @@ def test_code_infill_and_complete(tmp_path):
 def _load_code(path):
     model, tok, _ = load_for_modality(str(path), get_manager().modality("code"))
     return model.eval(), tok
+
+
+def test_logits_processing_equals_transformers_processors():
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    )
+
+    from foundry.generation import process_logits
+
+    g = torch.Generator().manual_seed(0)
+    logits, ids = torch.randn(3, 50, generator=g) * 3, torch.randint(0, 50, (3, 12), generator=g)
+    theirs = logits.clone()
+    for processor in (RepetitionPenaltyLogitsProcessor(1.3), TemperatureLogitsWarper(0.7), TopKLogitsWarper(10), TopPLogitsWarper(0.8)):
+        theirs = processor(ids, theirs)
+    seen = torch.zeros(3, 50, dtype=torch.bool).scatter_(1, ids, True)
+    ours = process_logits(logits, seen, SamplingOptions(temperature=0.7, top_k=10, top_p=0.8, repetition_penalty=1.3))
+    assert torch.equal(ours.isinf(), theirs.isinf()) and (ours.isinf().sum(-1) > 30).all()
+    finite = ~ours.isinf()
+    assert torch.allclose(ours[finite], theirs[finite], atol=1e-6)
