@@ -212,6 +212,10 @@ def test_code_infill_and_complete(tmp_path):
     assert result.stdout == tok.decode([t for t in new if t != tok.eos_id])
     done = run_cli("code", "complete", "--model", model_dir, "--temperature", "0", "--max-new-tokens", "4", "def add(")
     assert done.exit_code == 0, done.output
+    prefix = tmp_path / "prefix.py"
+    prefix.write_text("def add(")
+    from_file = run_cli("code", "complete", "--model", model_dir, "--temperature", "0", "--max-new-tokens", "4", "--file", prefix)
+    assert from_file.stdout == done.stdout
 
 
 def _load_code(path):

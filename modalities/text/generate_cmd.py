@@ -92,6 +92,8 @@ def run_generation(modality_name: str, prompt: str | None, prompts_file: Path | 
 
     if (prompt is None) == (prompts_file is None) and build_ids is None:
         raise FoundryError("give one PROMPT argument or --prompts FILE.jsonl (not both)")
+    if prompt == "-":  # multi-line prompts from a pipe or a file: `foundry text generate --model M - < prompt.txt`
+        prompt = sys.stdin.read()
     if prompt is not None and prompt == "":
         raise FoundryError("the prompt is empty: give text to continue")
     opts = sampling_from(options)
@@ -121,7 +123,7 @@ def generate_command(modality_name: str) -> click.Command:
     @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), help="JSONL with a \"prompt\" per line.")
     @with_sampling_options
     def generate(prompt, prompts_file, **options):
-        """Continue PROMPT (or each prompt of --prompts) with a causal model (KV-cached)."""
+        """Continue PROMPT ("-": read it from stdin), or each prompt of --prompts, with a causal model (KV-cached)."""
         run_generation(modality_name, prompt, prompts_file, options)
 
     return generate
