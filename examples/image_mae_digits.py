@@ -92,6 +92,9 @@ def main() -> None:
         print(f"{arm:10s} {statistics.mean(values):.4f} ± {spread:.4f}  ({', '.join(f'{v:.4f}' for v in values)})")
     gains = [p - s for p, s in zip(results["pretrained"], results["scratch"])]
     print(f"gain       {statistics.mean(gains):+.4f} (per seed: {', '.join(f'{g:+.4f}' for g in gains)})")
+    record = {"strategy": args.strategy, "seeds": args.seeds, "pretrain_steps": args.pretrain_steps,
+              "finetune_steps": args.finetune_steps, "per_class": args.per_class, "test_accuracy": results}
+    (work / f"results_{args.strategy}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
