@@ -14,7 +14,8 @@ What is enforced (POSIX; ``resource.setrlimit`` in the child before ``exec``):
 
 What is NOT enforced: this is not a security sandbox. Without root there is no network namespace or
 firewall, so code that re-imports ``_socket`` or runs a subprocess can still reach the network;
-the child can read any file the user can, and write outside its temporary directory. Run
+the child can read any file the user can, and write outside its temporary directory; a process
+it starts in a new session of its own (``setsid``) outlives the group kill. Run
 untrusted completions (models trained on the internet) inside a container or VM with no network
 if that matters.
 
