@@ -16,6 +16,9 @@ included). What is scored is the objective the model was pretrained with, as val
   ``pseudo_perplexity`` (optional, n forward passes per window of n tokens): every non-special
   position masked in turn (Salazar et al. 2020), batched ``batch_size`` masked copies at a time.
 
+A prepared dataset (``foundry <modality> prepare``) given as the only path is scored on its
+validation split, as ids (it keeps no text: no bits per byte); its tokenizer must be the model's.
+
 ``loss`` is the mean negative log-likelihood in nats per scored token, ``perplexity`` its exp.
 The objective's settings (mask_prob, ...) are the pretraining run's when the model directory sits
 in its run (``RUN/final``), else the defaults.
@@ -110,14 +113,20 @@ def pseudo_log_likelihood(model, tokenizer, rows: Sequence[np.ndarray], *, batch
     return total, count
 
 
-def evaluate_texts(model, tokenizer, objective, texts: Sequence[str], *, max_len: int, batch_size: int = 8, seed: int = 0,
-                   device="cpu", pseudo_perplexity: bool = False) -> dict[str, Any]:
-    """Score ``texts`` (held-out documents) with ``objective``; returns the JSON-able results."""
+def evaluate_texts(model, tokenizer, objective, texts: Sequence[str], **settings) -> dict[str, Any]:
+    """Score ``texts`` (held-out documents) with ``objective``; returns the JSON-able results.
+    ``settings``: those of ``evaluate_ids``."""
+    encoded = [np.asarray(e, dtype=np.int64) for e in tokenizer.encode_batch(list(texts))]
+    return evaluate_ids(model, tokenizer, objective, encoded, n_bytes=sum(len(t.encode("utf-8")) for t in texts), **settings)
+
+
+def evaluate_ids(model, tokenizer, objective, encoded: Sequence[np.ndarray], *, n_bytes: int | None, max_len: int, batch_size: int = 8,
+                 seed: int = 0, device="cpu", pseudo_perplexity: bool = False) -> dict[str, Any]:
+    """Score documents given as token ids (``n_bytes``: their UTF-8 size, None when unknown)."""
     if max_len < 2:
         raise FoundryError(f"--max-len: must be at least 2, got {max_len}")
     if max_len > model.config.max_position:
         raise FoundryError(f"--max-len {max_len}: the model has {model.config.max_position} positions")
-    encoded = [np.asarray(e, dtype=np.int64) for e in tokenizer.encode_batch(list(texts))]
     causal = bool(model.config.causal)
     rows = [w for ids in encoded for w in windows(ids, max_len, 1 if causal else 0) if len(w) > (1 if causal else 0)]
     if not rows:
@@ -130,9 +139,8 @@ def evaluate_texts(model, tokenizer, objective, texts: Sequence[str], *, max_len
             raise FoundryError("nothing to score: the objective selected no targets in these documents")
         loss = total / count
         result: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count,
-                                  "documents": len(texts), "objective": objective.name}
-        if causal:
-            n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+                                  "documents": len(encoded), "objective": objective.name}
+        if causal and n_bytes is not None:
             result["bytes"] = n_bytes
             result["bits_per_byte"] = total / math.log(2) / n_bytes if n_bytes else None
         if pseudo_perplexity:
@@ -166,23 +174,30 @@ def run_evaluate(modality_name: str, model_spec: str, files: Sequence[Path], *, 
     from .plugins import get_manager
     from .readers import read_documents
 
+    from .data.manifest import is_prepared
+
     if not files:
         raise FoundryError("evaluate: give one or more held-out files or folders to score")
     if batch_size < 1:
         raise FoundryError(f"--batch-size: must be at least 1, got {batch_size}")
     manager = get_manager()
     modality = manager.modality(modality_name)
-    texts = [d.text for d in read_documents(list(files), manager.reader_objects(modality.readers), on_decode_error) if d.text.strip()]
-    if not texts:
-        raise FoundryError(f"{', '.join(map(str, files))}: no documents to score")
-    texts = texts[:max_docs] if max_docs else texts
+    prepared = len(files) == 1 and is_prepared(files[0])
+    if not prepared:
+        texts = [d.text for d in read_documents(list(files), manager.reader_objects(modality.readers), on_decode_error) if d.text.strip()]
+        if not texts:
+            raise FoundryError(f"{', '.join(map(str, files))}: no documents to score")
+        texts = texts[:max_docs] if max_docs else texts
     model, tokenizer, _ = load_for_modality(model_spec, modality)
     dev = pick_device(device)
     model.to(dev)
     objective = _objective(model, tokenizer, modality, Path(model_spec))
-    max_len = max_len or min(model.config.max_position, DEFAULT_MAX_LEN)
-    result = evaluate_texts(model, tokenizer, objective, texts, max_len=max_len, batch_size=batch_size, seed=seed, device=dev,
-                            pseudo_perplexity=pseudo_perplexity)
+    settings = dict(max_len=max_len or min(model.config.max_position, DEFAULT_MAX_LEN), batch_size=batch_size, seed=seed, device=dev,
+                    pseudo_perplexity=pseudo_perplexity)
+    if prepared:
+        result = evaluate_ids(model, tokenizer, objective, _prepared_valid(files[0], tokenizer, max_docs), n_bytes=None, **settings)
+    else:
+        result = evaluate_texts(model, tokenizer, objective, texts, **settings)
     result = {"model": str(model_spec), **result}
     line = f"{result['documents']} documents, {result['tokens']:,} targets: {objective.loss_name} {result['loss']:.4f}, perplexity {result['perplexity']:.2f}"
     if result.get("bits_per_byte") is not None:
@@ -191,3 +206,16 @@ def run_evaluate(modality_name: str, model_spec: str, files: Sequence[Path], *, 
         line += f", pseudo-perplexity {result['pseudo_perplexity']:.2f}"
     print(line, file=sys.stderr)
     return result
+
+
+def _prepared_valid(path: Path, tokenizer, max_docs: int | None) -> list[np.ndarray]:
+    """The validation split of a prepared dataset (``foundry <modality> prepare``), as token ids;
+    refused when it was tokenized with another vocabulary than the model's."""
+    from .data.manifest import open_prepared
+
+    data = open_prepared(path, expected_fingerprint=tokenizer.fingerprint(), checksums=False)
+    n = len(data.valid) if not max_docs else min(max_docs, len(data.valid))
+    if n == 0:
+        raise FoundryError(f"{path}: the prepared dataset has no validation documents to score")
+    print(f"scoring the validation split of prepared dataset {path} ({n} documents; no text, so no bits per byte)", file=sys.stderr)
+    return [np.asarray(data.valid[i], dtype=np.int64) for i in range(n)]

@@ -44,7 +44,8 @@ def evaluate_command(modality_name: str) -> click.Command:
     @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
     @with_evaluate_options
     def evaluate(files, **options):
-        """Loss and perplexity of a model on held-out FILES (bits per byte for causal models).
+        """Loss and perplexity of a model on held-out FILES (bits per byte for causal models), or on
+        the validation split of a prepared dataset (one folder written by `prepare`).
 
         The last stdout line is one JSON object: loss, perplexity, tokens, documents, objective
         (and bits_per_byte, pseudo_perplexity where they apply)."""

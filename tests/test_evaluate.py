@@ -108,3 +108,24 @@ def test_evaluate_bad_input_is_one_line_exit_2(text_model, tmp_path):
         result = run_cli(*args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and result.stderr.count("\n") == 1, (args, result.stderr)
+
+
+def test_a_prepared_dataset_is_scored_on_its_validation_split(text_model, tmp_path):
+    path, model, tok, held_out = text_model
+    corpus = tmp_path / "corpus.jsonl"  # one record per line
+    corpus.write_text("".join(json.dumps({"text": f"{i}: {line}"}) + "\n" for i, line in enumerate(LINES * 3)))
+    prepared = tmp_path / "prepared"
+    done = run_cli("text", "prepare", corpus, "-o", prepared, "--tokenizer", path / "tokenizer", "--valid-fraction", "3")
+    assert done.exit_code == 0, done.output
+    got = _last_json(run_cli("text", "evaluate", "--model", path, prepared))
+    from foundry.data.manifest import open_prepared
+
+    valid = open_prepared(prepared).valid
+    assert got["documents"] == len(valid) == 3 and "bits_per_byte" not in got
+    assert got["tokens"] == sum(len(valid[i]) - 1 for i in range(len(valid)))
+    other = BpeTokenizer.train(LINES * 5, vocab_size=290)
+    other.save(tmp_path / "other_tok")
+    refused = run_cli("text", "prepare", corpus, "-o", tmp_path / "other", "--tokenizer", tmp_path / "other_tok", "--valid-fraction", "3")
+    assert refused.exit_code == 0, refused.output
+    wrong = run_cli("text", "evaluate", "--model", path, tmp_path / "other")
+    assert wrong.exit_code == 2 and "fingerprint" in wrong.stderr
