@@ -13,9 +13,10 @@ Pair features initialised from attention maps is what ESMFold (``use_esm_attn_ma
 do; the hidden states play the role of ESMFold's ``esm_s``.
 
 Output, one tensor so that the engine's batching, windowing and checkpointing carry it unchanged:
-(B, T, T, 129) = distogram logits in channels [0, 64) of every pair, and on the diagonal (i, i)
-the residue's atoms (channels [64, 79): 5 atoms x xyz, Å) and pLDDT logits ([79, 129)).
-``unpack`` reads it back. While ``distogram_steps`` training batches have not yet been seen (the
+(B, T, T, 129 + 9 (structure_blocks - 1)) = distogram logits in channels [0, 64) of every pair,
+and on the diagonal (i, i) the residue's atoms (channels [64, 79): 5 atoms x xyz, Å), pLDDT logits
+([79, 129)) and the N, Cα, C of each earlier structure-module block (9 channels per block: the loss
+averages FAPE over every block, as AlphaFold2 does). ``unpack`` / ``unpack_blocks`` read it back. While ``distogram_steps`` training batches have not yet been seen (the
 first stage of minifold's two-stage recipe) the structure module is skipped in training and the
 atom channels are NaN: the loss then trains the distogram only.
 
@@ -161,13 +162,16 @@ class FoldHead(nn.Module):
         distogram = self.distogram(z)
         distogram = (distogram + distogram.transpose(1, 2)) / 2
         if structure is None:
-            per_residue = torch.full((b, t, CHANNELS - ATOM_START), float("nan"), device=z.device, dtype=z.dtype)
+            width = CHANNELS - ATOM_START + 9 * (f.structure_module.config.num_blocks - 1)
+            per_residue = torch.full((b, t, width), float("nan"), device=z.device, dtype=z.dtype)
         else:
             atoms = structure["positions"][-1][:, :, :ATOMS]  # (B, T, 5, 3) N, CA, C, O, CB (CB zero for Gly)
             ideal = virtual_cb(atoms[:, :, 0], atoms[:, :, 1], atoms[:, :, 2])
             cb = torch.where((atom_type == GLYCINE)[..., None], ideal, atoms[:, :, 4])
             atoms = torch.cat([atoms[:, :, :4], cb[:, :, None]], 2)
-            per_residue = torch.cat([atoms.flatten(2), self.plddt(structure["states"][-1])], -1)
+            earlier = structure["positions"][:-1, :, :, :3]  # (blocks - 1, B, T, 3, 3) N, CA, C
+            earlier = earlier.permute(1, 2, 0, 3, 4).flatten(2)  # (B, T, 9 (blocks - 1))
+            per_residue = torch.cat([atoms.flatten(2), self.plddt(structure["states"][-1]), earlier], -1)
         diagonal = torch.diag_embed(per_residue.transpose(1, 2)).permute(0, 2, 3, 1)  # (B, T, T, 65), zero off the diagonal
         return torch.cat([distogram, diagonal], -1)
 
@@ -179,4 +183,14 @@ def unpack(output: torch.Tensor, length: int | None = None) -> tuple[torch.Tenso
     output = output[:, :t, :t]
     per_residue = torch.diagonal(output[..., ATOM_START:], dim1=1, dim2=2).transpose(1, 2)  # (B, T, 65)
     atoms = per_residue[..., : 3 * ATOMS].reshape(*per_residue.shape[:2], ATOMS, 3)
-    return output[..., :DISTOGRAM_BINS], atoms, per_residue[..., 3 * ATOMS:]
+    return output[..., :DISTOGRAM_BINS], atoms, per_residue[..., 3 * ATOMS : 3 * ATOMS + PLDDT_BINS]
+
+
+def unpack_blocks(output: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    """N, Cα, C of every structure-module block, the last one included: (blocks, B, T, 3, 3)."""
+    t = output.shape[1] if length is None else length
+    per_residue = torch.diagonal(output[:, :t, :t, ATOM_START:], dim1=1, dim2=2).transpose(1, 2)
+    earlier = per_residue[..., 3 * ATOMS + PLDDT_BINS :]
+    earlier = earlier.reshape(*earlier.shape[:2], -1, 3, 3).permute(2, 0, 1, 3, 4)
+    final = per_residue[..., : 3 * ATOMS].reshape(*per_residue.shape[:2], ATOMS, 3)[:, :, :3]
+    return torch.cat([earlier, final[None]], 0)
