@@ -111,9 +111,16 @@ def _with_fsdp(accelerator: Accelerator, mixed_precision: str) -> Accelerator:
             plugin.set_mixed_precision(mixed_precision)
         accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = plugin
+        # every later AcceleratorState() (the prepared optimizer makes one) copies PartialState's
+        # distributed type over its own: set it there too, or the run turns back into MULTI_CPU
+        PartialState().distributed_type = DistributedType.FSDP
     if accelerator.state.fsdp_plugin.fsdp_version != 2:
         raise ConfigError("accelerate config: foundry shards with FSDP2; set fsdp_config.fsdp_version: 2 "
                           "(see configs/accelerate/8gpu_fsdp.yaml)")
+    if accelerator.state.fsdp_plugin.activation_checkpointing:
+        # accelerate's checkpoint wrapper renames every parameter (…_checkpoint_wrapped_module…)
+        raise ConfigError("accelerate config: fsdp_activation_checkpointing renames the model's parameters; "
+                          "set it to false and use --set train.activation_checkpointing=true")
     return accelerator
 
 
@@ -128,7 +135,7 @@ def check_shardable(model: torch.nn.Module, processes: int) -> None:
     processes hold nothing of it and sharding costs communication for no memory saved."""
     from .errors import ConfigError
 
-    rows, name = min(((p.shape[0], n) for n, p in model.named_parameters() if p.ndim >= 2), default=(0, "(none)"))
+    rows, name = min(((p.shape[0], n) for n, p in model.named_parameters() if p.ndim >= 2), key=lambda item: item[0], default=(0, "(none)"))
     if rows < processes:
         raise ConfigError(f"FSDP: the model is too small to shard over {processes} processes ({name} has {rows} rows); "
                           "launch without an fsdp config (data-parallel) or on fewer processes")

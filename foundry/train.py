@@ -161,6 +161,7 @@ def run_training(workload: Workload, t: TrainSection, run_dir: Path, *, resume_f
     sharded.after_prepare(model, optimizer, restored_optimizer)
     reporter = Reporter(run_dir, t, accelerator, state.step)
     checkpoints = Checkpointer(workload, accelerator, run_dir, t.keep_checkpoints, sharded)
+    evaluator = _EveryProcess(accelerator) if is_sharded(accelerator) else accelerator
     last_eval: dict[str, float] | None = None
     stopped_early = False
     with StopSignals() as signals:
@@ -168,7 +169,7 @@ def run_training(workload: Workload, t: TrainSection, run_dir: Path, *, resume_f
             record = _optimizer_step(workload, model, optimizer, accelerator, t, state, signals)
             reporter.step(record, write=state.step % t.log_every == 0 or state.step == t.max_steps or state.step == 1)
             if state.step % t.eval_every == 0 or state.step == t.max_steps:
-                last_eval = workload.evaluate(model, accelerator)
+                last_eval = workload.evaluate(model, evaluator)
                 reporter.evaluation(state.step, state.tokens, last_eval, workload.describe_evaluation(state.step, last_eval))
                 stopped_early = _keep_best(workload, model, accelerator, run_dir, t, state, last_eval, reporter, sharded)
             if record["stop_signal"]:
@@ -179,8 +180,9 @@ def run_training(workload: Workload, t: TrainSection, run_dir: Path, *, resume_f
                 break
     reporter.close()
     if last_eval is None:  # resumed at or past max_steps: still report where the model stands
-        last_eval = workload.evaluate(model, accelerator)
-    return {**vars(state), "stopped_early": stopped_early, "max_steps": t.max_steps, **last_eval}
+        last_eval = workload.evaluate(model, evaluator)
+    sharded_over = accelerator.num_processes if is_sharded(accelerator) else 0
+    return {**vars(state), "stopped_early": stopped_early, "max_steps": t.max_steps, "fsdp_processes": sharded_over, **last_eval}
 
 
 def _optimizer_step(workload: Workload, model, optimizer, accelerator: Accelerator, t: TrainSection, state: LoopState, signals) -> dict:
@@ -289,6 +291,24 @@ class Checkpointer:
             self.run_dir, state.step, write_model=lambda directory: self.workload.save_model(full_model, directory),
             optimizer=optimizer_state, trainer_state={**vars(state), "stream": self.workload.data_state()}, keep=self.keep))
         return checkpoint_path(self.run_dir, state.step)
+
+
+class _EveryProcess:
+    """The accelerator as an evaluation sees it under FSDP: one process. Every forward of a sharded
+    model is collective (it gathers each block's weights), so a workload that splits its
+    validation batches over processes would leave one waiting for the others; here every process
+    evaluates every batch, and there is nothing left to reduce."""
+
+    num_processes, process_index = 1, 0
+
+    def __init__(self, accelerator: Accelerator):
+        self._accelerator = accelerator
+
+    def reduce(self, tensor, reduction="sum"):
+        return tensor
+
+    def __getattr__(self, name):
+        return getattr(self._accelerator, name)
 
 
 class _State:
