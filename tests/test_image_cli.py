@@ -229,3 +229,22 @@ def test_a_csv_row_with_the_wrong_number_of_pixels_is_named(tmp_path):
                      + "0," + ",".join(["3"] * 15) + "\n")
     message = fails("pretrain", "--data", table, "--out", tmp_path / "pre", "--max-steps", 1)
     assert f"{table} line 3: 15 pixel values, expected 16" in message
+
+
+def test_finetune_from_a_local_timm_checkpoint_adapts_rgb_weights_to_grayscale(folders, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    for name in ("test_vit", "test_convnext"):
+        model = timm.create_model(name, pretrained=False)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / f"{name}.safetensors"))
+    data, ft = folders[8], tmp_path / "ft"
+    ok("finetune", "--from", tmp_path / "test_vit.safetensors", "--timm-model", "test_vit", "--train", data["train"],
+       "--valid", data["valid"], "--out", ft, "--max-steps", 1, "--batch-size", 4, "--quiet")
+    summary = json.loads((ft / "summary.json").read_text())
+    assert summary["channels"] == 1 and summary["image_size"] == 160  # the checkpoint's size; its RGB filters summed
+    assert json.loads((ft / "best" / "encoder.json").read_text())["timm_name"] == "test_vit"
+    message = fails("finetune", "--from", tmp_path / "test_convnext.safetensors", "--timm-model", "test_convnext",
+                    "--train", data["train"], "--valid", data["valid"], "--out", tmp_path / "ft2")
+    assert "test_convnext: a ConvNeXt; the image modality trains VisionTransformer models" in message
