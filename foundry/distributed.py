@@ -65,10 +65,25 @@ def check_mixed_precision(mixed_precision: str, key: str = "train.mixed_precisio
         raise ConfigError(f"{key}: 'bf16' is not supported by this GPU ({torch.cuda.get_device_name()}); use 'fp16' or 'no'")
 
 
+def launcher_precision(mixed_precision: str) -> str:
+    """The precision to train in: ``train.mixed_precision``, or, when that is "no", the one an
+    ``accelerate launch`` config asks for (accelerate would let our explicit "no" win silently)."""
+    from .errors import ConfigError
+
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if mixed_precision == "no":
+        return launcher
+    if launcher not in ("no", mixed_precision):
+        raise ConfigError(f"train.mixed_precision: {mixed_precision!r}, but the accelerate launch config asks for {launcher!r}; "
+                          "make them agree")
+    return mixed_precision
+
+
 def make_accelerator(mixed_precision: str, report_to: list[str] | None = None, project_dir=None) -> Accelerator:
     """An Accelerator for this machine; ``report_to`` names accelerate trackers (tensorboard,
     wandb, …) that must be installed: a missing one is an error, not a silent no-op."""
     check_devices()
+    mixed_precision = launcher_precision(mixed_precision)
     check_mixed_precision(mixed_precision)
     if not report_to:
         return _with_fsdp(Accelerator(mixed_precision=mixed_precision, cpu=on_cpu_only()), mixed_precision)

@@ -150,3 +150,14 @@ def test_bf16_on_a_gpu_without_it_is_one_line_exit_2(monkeypatch, tmp_path):
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == ("error: train.mixed_precision: 'bf16' is not supported by this GPU (Tesla V100-SXM2-16GB); "
                                      "use 'fp16' or 'no'")
+
+
+def test_the_launch_configs_precision_is_used_unless_the_run_config_says_otherwise(monkeypatch):
+    from foundry.distributed import launcher_precision
+    from foundry.errors import ConfigError
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what configs/accelerate/1gpu_bf16.yaml sets
+    assert launcher_precision("no") == "bf16" and launcher_precision("bf16") == "bf16"
+    with pytest.raises(ConfigError) as err:
+        launcher_precision("fp16")
+    assert str(err.value) == ("train.mixed_precision: 'fp16', but the accelerate launch config asks for 'bf16'; make them agree")
