@@ -17,7 +17,8 @@ their own instead of a pretraining corpus (``sft``: conversations, ``batch_kind 
 ``foundry.objectives_tuning.TuningObjective``: they also bring the reader, the batch stream,
 validation batches and a loss over a whole batch (with a frozen reference model when they ask
 for one), and ``foundry.tuning.TuningWorkload`` runs any of them on the one loop. Pretraining
-refuses them by their ``batch_kind``; the loop never names an objective.
+refuses them by their ``batch_kind``; the loop never names an objective. A plugin may register
+objectives for data of its own the same way (a ``batch_kind`` its own command trains on).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 from .errors import ConfigError
 
 IGNORE_INDEX = -100
+#: the batches a pretraining corpus gives (tokens + per-row document ids); ``Objective.batch_kind``
+PACKED_TOKENS = "packed-tokens"
 
 
 def mask_tokens(
@@ -123,7 +126,10 @@ class Objective:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     causal: ClassVar[bool] = False
-    batch_kind: ClassVar[str] = "packed-tokens"
+    #: what the objective trains on: ``PACKED_TOKENS`` (a pretraining corpus), or a kind of its
+    #: own (rows it reads itself, or a plugin's data); a command offers only objectives whose kind
+    #: matches its data (``objectives_for``)
+    batch_kind: ClassVar[str] = PACKED_TOKENS
     #: what the loss is called in reports ("masked-LM loss", "next-token loss")
     loss_name: ClassVar[str] = "loss"
     #: the loop seeds each batch's generator with ``seed * seed_stride + batch index``; objectives
@@ -207,6 +213,15 @@ def objective_class(name: str) -> type[Objective]:
     from .plugins import get_manager
 
     return get_manager().objective_class(name)
+
+
+def objectives_for(batch_kind: str) -> list[str]:
+    """The registered objectives that train on ``batch_kind`` batches, in registration order: a
+    command offers only these (pretraining a corpus: ``PACKED_TOKENS``; a plugin: its own kind)."""
+    from .plugins import get_manager
+
+    manager = get_manager()
+    return [name for name in manager.objectives.names() if manager.objective_class(name).batch_kind == batch_kind]
 
 
 def build_objective(name: str, tokenizer, settings: Any) -> Objective:

@@ -25,7 +25,7 @@ from .distributed import process_state
 from .errors import FoundryError
 from .loading import model_from_preset
 from .modality import Modality
-from .objectives import IGNORE_INDEX, Objective, build_objective, unigram_log_probs
+from .objectives import IGNORE_INDEX, PACKED_TOKENS, Objective, build_objective, objective_class, objectives_for, unigram_log_probs
 from .plugins import get_manager
 from .rundir import checkpoint_to_resume, writing
 from .train import StepLoss, param_groups, run_training
@@ -136,10 +136,12 @@ def build_workload(cfg: RunConfig, modality: Modality, checkpoint: Path | None) 
     model, tokenizer = _model_and_tokenizer(cfg, modality, checkpoint)
     data: RunData = load_run_data(cfg, modality, tokenizer)
     tokenizer = data.tokenizer
-    objective = build_objective(objective_name(cfg, modality), tokenizer, cfg.objective)
-    if objective.batch_kind != "packed-tokens":  # sft, dpo: rows of their own, another command
-        raise FoundryError(f"objective {objective.name}: trains on {objective.batch_kind} rows, not a pretraining corpus; "
-                           f"use `foundry {modality.name} {objective.name}`")
+    name = objective_name(cfg, modality)
+    kind = objective_class(name).batch_kind
+    if kind != PACKED_TOKENS:  # sft, dpo, a plugin's objective for its own data: another command trains it
+        raise FoundryError(f"objective {name}: trains on {kind} batches, not a pretraining corpus; pretraining objectives: "
+                           f"{', '.join(objectives_for(PACKED_TOKENS))} (`foundry {modality.name} --help` lists the commands for the others)")
+    objective = build_objective(name, tokenizer, cfg.objective)
     if model is None:
         torch.manual_seed(cfg.train.seed)  # the initial weights are part of what the seed fixes
         model = model_from_preset(modality, cfg.model.preset, tokenizer, cfg.model.overrides)

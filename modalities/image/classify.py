@@ -28,7 +28,8 @@ import torch.nn as nn
 from foundry.atomic import atomic_write_text
 from foundry.config import TrainSection
 from foundry.errors import DataError, FoundryError
-from foundry.finetune.metrics import accuracy, balanced_accuracy, class_report, f1, format_class_report
+from foundry.finetune.metrics import class_report, format_class_report
+from foundry.finetune.tasks import LabelInfo
 from foundry.finetune.plots import write_confusion_png
 from foundry.finetune.strategies import apply_strategy, base_transformer, count_trainable
 from foundry.metrics import MetricsLog
@@ -36,11 +37,11 @@ from foundry.rundir import checkpoint_to_resume, writing
 from foundry.train import StepLoss, param_groups, run_training
 
 from .backbone import build_encoder, encoder_kwargs
+from .components import image_task
 from .common import ImageStream, load_module_state, read_model_spec, read_run_settings, resolve_encoder, write_model_dir, write_run_settings
 from .imagedata import ImageSet, normalise, read_labelled
 from .presets import PRESETS
 
-TASK = "image-classification"
 LORA_TARGETS = ["qkv", "attn.proj", "fc1", "fc2"]  # timm ViT's attention and MLP linears
 DEFAULT_LR = {"full": 1e-3, "frozen": 3e-3, "lora": 3e-3}
 
@@ -66,13 +67,6 @@ def merged_encoder(model: ImageClassifier) -> nn.Module:
     return trunk
 
 
-def classification_metrics(logits: torch.Tensor, targets: np.ndarray, n: int) -> dict[str, float]:
-    pred = logits.argmax(-1).numpy()
-    loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(targets)))
-    return {"accuracy": accuracy(targets, pred), "macro_f1": f1(targets, pred, n),
-            "balanced_accuracy": balanced_accuracy(targets, pred, n), "loss": loss}
-
-
 @torch.no_grad()
 def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int, device=None) -> torch.Tensor:
     model.eval()
@@ -81,12 +75,12 @@ def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int, device=No
 
 
 class ClassifierWorkload:
-    """What the loop trains: cross-entropy on labelled images; the best model has the best valid accuracy."""
+    """What the loop trains: a registered image task's loss on labelled images; the best model has
+    the best value of the task's ``default_metric`` (accuracy for image-classification)."""
 
-    metric, higher_is_better = "accuracy", True
-
-    def __init__(self, model: ImageClassifier, train: ImageSet, valid: ImageSet, labels: list[str], settings: dict, t: TrainSection):
-        self.model, self.train, self.valid, self.labels, self.settings, self.t = model, train, valid, labels, settings, t
+    def __init__(self, model: nn.Module, task, train: ImageSet, valid: ImageSet, labels: list[str], settings: dict, t: TrainSection):
+        self.model, self.task, self.train, self.valid, self.labels, self.settings, self.t = model, task, train, valid, labels, settings, t
+        self.metric, self.higher_is_better = task.default_metric, task.default_metric not in task.lower_is_better
         self.train_y = targets_of(train, labels)
         self.valid_y = targets_of(valid, labels)
         self.stream = ImageStream(len(train), settings["batch_size"], t.seed)
@@ -111,19 +105,19 @@ class ClassifierWorkload:
     def loss(self, model, batch, seed: int, device) -> StepLoss:
         idx = torch.as_tensor(batch.indices)
         logits = model(normalise(self.train.images[idx]).to(device))
-        loss = nn.functional.cross_entropy(logits.float(), torch.as_tensor(self.train_y[batch.indices]).to(device))
+        loss = self.task.loss(logits, torch.as_tensor(self.train_y[batch.indices]).to(device))
         return StepLoss(loss, len(idx), len(idx))
 
     def evaluate(self, model, accelerator) -> dict[str, float]:
         logits = logits_of(model, self.valid.images, self.settings["batch_size"], accelerator.device)
-        return classification_metrics(logits, self.valid_y, len(self.labels))
+        return self.task.metrics(logits, self.valid_y, LabelInfo(self.labels))
 
     def describe_evaluation(self, step: int, result: dict[str, float]) -> str:
         return f"step {step}: valid accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, loss {result['loss']:.4f}"
 
     def save_model(self, model, directory: Path) -> None:
         s = self.settings
-        spec = {"kind": "classifier", "task": TASK, "labels": self.labels, "strategy": s["strategy"], "lora_rank": s["lora_rank"],
+        spec = {"kind": "classifier", "task": self.task.name, "labels": self.labels, "strategy": s["strategy"], "lora_rank": s["lora_rank"],
                 "lora_alpha": s["lora_alpha"], "dropout": s["dropout"], "preset": s.get("preset"), "from": s.get("from")}
         write_model_dir(directory, model, spec, merged_encoder(model), s["encoder"], s.get("timm_name"), head=model.head)
 
@@ -193,6 +187,7 @@ def finetune_images(settings: dict, resume: Path | None = None) -> dict[str, Any
         settings = read_run_settings(resume, "finetune")
     out = Path(resume or settings["out"])
     checkpoint = checkpoint_to_resume(out, resume, True)
+    task = image_task(settings.setdefault("task", "image-classification"))  # an unknown task fails before any reading
     # -- everything that can fail on input, before OUT is written --------------------------------
     if settings.get("from") and "encoder" not in settings:
         encoder, kwargs, timm_name = _encoder_for(settings, None)
@@ -211,9 +206,7 @@ def finetune_images(settings: dict, resume: Path | None = None) -> dict[str, Any
     if kwargs["in_chans"] != train.channels:
         raise FoundryError(f"{settings.get('from')}: the model takes {kwargs['in_chans']}-channel images; "
                            f"{settings['train_data']} has {train.channels}-channel images")
-    labels = sorted(set(train.labels))
-    if len(labels) < 2:
-        raise DataError(f"{settings['train_data']}: one class ({labels[0]!r}); classification needs at least two")
+    labels = task.fit(train.labels, [settings["train_data"]]).names
     for split in (valid, test):
         if split is not None:
             targets_of(split, labels)  # a label never seen in training is an error, naming the image
@@ -224,16 +217,16 @@ def finetune_images(settings: dict, resume: Path | None = None) -> dict[str, Any
     trunk = apply_strategy(encoder, settings["strategy"], lora_rank=settings["lora_rank"], lora_alpha=settings["lora_alpha"],
                            lora_targets=LORA_TARGETS)
     torch.manual_seed(t.seed)
-    model = ImageClassifier(trunk, len(labels), settings["dropout"])
+    model = task.build_model(trunk, len(labels), settings["dropout"])
     trainable, total = count_trainable(model)
-    workload = ClassifierWorkload(model, train, valid, labels, settings, t)
+    workload = ClassifierWorkload(model, task, train, valid, labels, settings, t)
     with writing(out, fresh=checkpoint is None, main_process=True):
         write_run_settings(out, settings)
         result = run_training(workload, t, out, resume_from=checkpoint, tracker_config=settings)
-        return _finish(out, settings, result, {"valid": valid, "test": test}, labels, trainable, total)
+        return _finish(out, task, settings, result, {"valid": valid, "test": test}, labels, trainable, total)
 
 
-def _finish(out: Path, settings: dict, result: dict, splits: dict, labels: list[str], trainable: int, total: int) -> dict[str, Any]:
+def _finish(out: Path, task, settings: dict, result: dict, splits: dict, labels: list[str], trainable: int, total: int) -> dict[str, Any]:
     """Score the best model (as saved) on valid and test; confusion PNGs, predictions, summary."""
     if not (out / "best").is_dir():
         raise FoundryError(f"{out}: no evaluation gave a finite accuracy: there is no best model to keep")
@@ -245,16 +238,16 @@ def _finish(out: Path, settings: dict, result: dict, splits: dict, labels: list[
             continue
         y = targets_of(split, labels)
         logits = logits_of(best, split.images, settings["batch_size"])
-        scores[name] = classification_metrics(logits, y, len(labels))
+        scores[name] = task.metrics(logits, y, LabelInfo(labels))
         reports[name] = class_report(y, logits.argmax(-1).numpy(), labels)
-        write_confusion_png(out / f"confusion_{name}.png", reports[name], f"{name}: {TASK} - best model (step {result['best_step']})")
+        write_confusion_png(out / f"confusion_{name}.png", reports[name], f"{name}: {task.name} - best model (step {result['best_step']})")
         log.write({"step": result["best_step"], "split": name, "final": True, **scores[name], "classes": reports[name]})
         if name == "test":
             write_probabilities(out / "test_predictions.csv", split.ids, logits, labels, split.labels)
     log.close()
     summary = {
-        "task": TASK, "strategy": settings["strategy"], "from": settings.get("from"), "preset": settings.get("preset"),
-        "metric": "accuracy", "best_step": result["best_step"], "steps": result["step"], "max_steps": result["max_steps"],
+        "task": task.name, "strategy": settings["strategy"], "from": settings.get("from"), "preset": settings.get("preset"),
+        "metric": task.default_metric, "best_step": result["best_step"], "steps": result["step"], "max_steps": result["max_steps"],
         "stopped_early": result["stopped_early"], "train_examples": settings.get("n_train"), "labels": labels, **scores,
         "classes": reports, "trainable_parameters": trainable, "parameters": total, "image_size": settings["encoder"]["img_size"],
         "channels": settings["encoder"]["in_chans"], "best_model": str(out / "best"),

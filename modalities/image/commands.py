@@ -14,7 +14,7 @@ import click
 
 from .presets import DEFAULT_PRESET, PRESETS
 
-TASKS = ("image-classification",)
+DEFAULT_OBJECTIVE, DEFAULT_TASK = "mae", "image-classification"  # registered by this plugin (components.py)
 
 
 def _path(**kwargs):
@@ -51,6 +51,8 @@ def _train_settings(max_steps, lr, warmup_steps, weight_decay, seed, eval_every,
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Default: a tenth of the steps, at most 40.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True)
+@click.option("--objective", default=DEFAULT_OBJECTIVE, show_default=True,
+              help="A registered image objective (this plugin's: mae; `foundry plugins` lists all).")
 @click.option("--mask-ratio", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.75, show_default=True)
 @click.option("--norm-pix-loss/--no-norm-pix-loss", default=True, show_default=True, help="Targets: per-patch normalised pixels.")
 @click.option("--image-size", type=click.IntRange(min=1), help="Resize images to this size (default: the preset's).")
@@ -60,9 +62,9 @@ def _train_settings(max_steps, lr, warmup_steps, weight_decay, seed, eval_every,
 @click.option("--save-every", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def pretrain_command(data, preset, source, timm_model, out, resume, max_steps, batch_size, lr, warmup_steps, weight_decay, mask_ratio,
+def pretrain_command(data, preset, source, timm_model, out, resume, max_steps, batch_size, lr, warmup_steps, weight_decay, objective, mask_ratio,
                      norm_pix_loss, image_size, valid_fraction, seed, eval_every, save_every, log_every, quiet) -> None:
-    """Masked-patch (MAE) pretraining on unlabelled images."""
+    """Self-supervised pretraining on unlabelled images (default: masked patches, MAE)."""
     from foundry.errors import FoundryError
 
     from .pretrain import pretrain_images
@@ -75,7 +77,7 @@ def pretrain_command(data, preset, source, timm_model, out, resume, max_steps, b
         p = PRESETS[preset]
         settings = {
             "command": "pretrain", "data": str(data), "out": str(out), "preset": preset, "from": source, "timm_model": timm_model,
-            "image_size": image_size, "mask_ratio": mask_ratio, "norm_pix_loss": norm_pix_loss, "batch_size": batch_size,
+            "image_size": image_size, "objective": objective, "mask_ratio": mask_ratio, "norm_pix_loss": norm_pix_loss, "batch_size": batch_size,
             "valid_fraction": valid_fraction,
             "decoder": {"dim": p["decoder_dim"], "depth": p["decoder_depth"], "heads": p["decoder_heads"]},
             "train": _train_settings(max_steps, lr, min(40, max_steps // 10) if warmup_steps is None else warmup_steps, weight_decay,
@@ -90,7 +92,7 @@ def pretrain_command(data, preset, source, timm_model, out, resume, max_steps, b
 @click.option("--from", "source", help="Pretrained model: OUT/final of `image pretrain`, or a local timm checkpoint file (with --timm-model).")
 @click.option("--model", "preset", type=click.Choice(list(PRESETS)), help="Train this preset from scratch instead.")
 @click.option("--timm-model", help="timm architecture of a --from checkpoint file, e.g. vit_tiny_patch16_224.")
-@click.option("--task", type=click.Choice(TASKS), default=TASKS[0], show_default=True)
+@click.option("--task", default=DEFAULT_TASK, show_default=True, help="A registered image task (this plugin's: image-classification).")
 @click.option("--train", "train_path", type=_path(exists=True), help="DIR/<label>/*.png, or a CSV with a label column.")
 @click.option("--valid", "valid_path", type=_path(exists=True), help="Validation split (best model), same layout.")
 @click.option("--test", "test_path", type=_path(exists=True), help="Test split, scored once with the best model.")

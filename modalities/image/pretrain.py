@@ -1,5 +1,6 @@
-"""``foundry image pretrain``: masked-patch (MAE) pretraining on unlabelled images, trained by the
-one loop (``foundry.train.run_training``: checkpoints, exact resume, metrics.jsonl, SIGTERM).
+"""``foundry image pretrain``: self-supervised pretraining on unlabelled images with a registered
+image objective (``--objective``, default ``mae``: masked patches; ``components.ImageObjective``),
+trained by the one loop (``foundry.train.run_training``: checkpoints, exact resume, metrics.jsonl, SIGTERM).
 
     OUT/config.yaml       the run's settings (--resume OUT needs nothing else)
     OUT/metrics.jsonl    loss per step, validation loss (fixed masks on held-out images)
@@ -26,20 +27,33 @@ from foundry.train import StepLoss, param_groups, run_training
 
 from .common import ImageStream, load_module_state, read_run_settings, resolve_encoder, write_model_dir, write_run_settings
 from .imagedata import ImageSet, normalise, read_images
-from .mae import MaskedAutoencoder
+from .components import ImageObjective, image_objective
 from .presets import PRESETS
 
-MASK_SEED_STRIDE = 1_000_003  # masking noise of batch i: seed * stride + i (exact resume)
-EVAL_SEED = 7_777_777  # fixed masks for validation, apart from training's
+EVAL_SEED = 7_777_777  # fixed masks for validation (and `foundry image evaluate`), apart from training's
+
+
+@torch.no_grad()
+def objective_loss(model, objective: ImageObjective, images: torch.Tensor, batch_size: int, device=None) -> tuple[float, float]:
+    """(loss, units scored) of ``objective`` over ``images`` ([0, 1], in order) with fixed randomness
+    (``EVAL_SEED``): validation, ``foundry image evaluate`` and the forgetting report all use this."""
+    model.eval()
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    total, count = 0.0, 0.0
+    for start in range(0, len(images), batch_size):
+        loss, scored = objective(model, normalise(images[start : start + batch_size]), generator=generator, train=False, device=device)
+        total, count = total + float(loss) * scored, count + scored
+    return total / max(count, 1.0), count
 
 
 class MAEWorkload:
-    """What the loop trains: MAE on a fixed set of images; the best model is the lowest val loss."""
+    """What the loop trains: an image objective (MAE by default) on a fixed set of images; the
+    best model is the lowest val loss."""
 
     metric, higher_is_better = "val_loss", False
 
-    def __init__(self, model: MaskedAutoencoder, train: ImageSet, valid: ImageSet, settings: dict, train_cfg: TrainSection):
-        self.model, self.train, self.valid, self.settings, self.t = model, train, valid, settings, train_cfg
+    def __init__(self, model, objective: ImageObjective, train: ImageSet, valid: ImageSet, settings: dict, train_cfg: TrainSection):
+        self.model, self.objective, self.train, self.valid, self.settings, self.t = model, objective, train, valid, settings, train_cfg
         self.stream = ImageStream(len(train), settings["batch_size"], train_cfg.seed)
 
     def param_groups(self) -> list[dict]:
@@ -58,32 +72,21 @@ class MAEWorkload:
         model.train()
 
     def loss(self, model, batch, seed: int, device) -> StepLoss:
-        images = normalise(self.train.images[torch.as_tensor(batch.indices)]).to(device)
-        generator = torch.Generator().manual_seed(seed * MASK_SEED_STRIDE + batch.index)
-        loss, _, mask = model(images, generator)
-        patches = int(mask.numel())
-        return StepLoss(loss, patches, patches, {"masked_patches": float(mask.sum())})
+        images = normalise(self.train.images[torch.as_tensor(batch.indices)])
+        generator = torch.Generator().manual_seed(seed * self.objective.seed_stride + batch.index)
+        loss, scored = self.objective(model, images, generator=generator, train=True, device=device)
+        return StepLoss(loss, len(images), len(images), {"scored": scored})
 
-    @torch.no_grad()
     def evaluate(self, model, accelerator) -> dict[str, float]:
-        model.eval()
-        generator = torch.Generator().manual_seed(EVAL_SEED)
-        total, count = 0.0, 0.0
-        size = self.settings["batch_size"]
-        for start in range(0, len(self.valid), size):
-            images = normalise(self.valid.images[start : start + size]).to(accelerator.device)
-            loss, _, mask = model(images, generator)
-            total, count = total + float(loss) * float(mask.sum()), count + float(mask.sum())
-        return {"val_loss": total / max(count, 1.0), "val_masked_patches": int(count)}
+        loss, count = objective_loss(model, self.objective, self.valid.images, self.settings["batch_size"], accelerator.device)
+        return {"val_loss": loss, "val_scored": int(count)}
 
     def describe_evaluation(self, step: int, result: dict[str, float]) -> str:
-        what = "per-patch normalised pixels" if self.settings["norm_pix_loss"] else "pixels"
-        return f"step {step}: val_loss {result['val_loss']:.4f} (MSE on masked patches, {what})"
+        return f"step {step}: val_loss {result['val_loss']:.4f} ({self.objective.loss_name})"
 
     def save_model(self, model, directory: Path) -> None:
         s = self.settings
-        spec = {"kind": "mae", "preset": s["preset"], "decoder": s["decoder"], "mask_ratio": s["mask_ratio"],
-                "norm_pix_loss": s["norm_pix_loss"]}
+        spec = {"kind": self.objective.name, "preset": s["preset"], **self.objective.spec()}
         write_model_dir(directory, model, spec, model.encoder, s["encoder"], s.get("timm_name"))
 
     def restore_model(self, model, directory: Path) -> None:
@@ -102,7 +105,7 @@ def split_valid(images: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet]:
     return pick(keep), pick(sorted(held))
 
 
-def build_model(settings: dict, channels: int) -> MaskedAutoencoder:
+def build_model(settings: dict, channels: int, objective: ImageObjective):
     from .backbone import build_encoder, encoder_kwargs
 
     torch.manual_seed(settings["train"]["seed"])  # the initial weights are part of what the seed fixes
@@ -120,8 +123,7 @@ def build_model(settings: dict, channels: int) -> MaskedAutoencoder:
     if kwargs["in_chans"] != channels:
         raise FoundryError(f"the model takes {kwargs['in_chans']}-channel images; the data has {channels} channel(s)")
     settings["encoder"] = kwargs
-    d = settings["decoder"]
-    return MaskedAutoencoder(encoder, d["dim"], d["depth"], d["heads"], settings["mask_ratio"], settings["norm_pix_loss"])
+    return objective.build(encoder)
 
 
 def pretrain_images(settings: dict, resume: Path | None = None) -> dict[str, Any]:
@@ -130,18 +132,19 @@ def pretrain_images(settings: dict, resume: Path | None = None) -> dict[str, Any
         settings = {**read_run_settings(resume, "pretrain"), "max_steps_override": settings.get("max_steps_override")}
     out = Path(resume or settings["out"])
     checkpoint = checkpoint_to_resume(out, resume, True)
+    objective = image_objective(settings.setdefault("objective", "mae"))(settings)  # an unknown name fails before any reading
     size = settings["encoder"]["img_size"] if "encoder" in settings else _image_size(settings)
     images = read_images(Path(settings["data"]), size, settings["encoder"]["in_chans"] if "encoder" in settings else None)
     train, valid = split_valid(images, settings["valid_fraction"])
-    model = build_model(settings, images.channels)
+    model = build_model(settings, images.channels, objective)
     t = TrainSection(**settings["train"])
     if settings.get("max_steps_override"):
         t.max_steps = settings["max_steps_override"]
-    workload = MAEWorkload(model, train, valid, settings, t)
+    workload = MAEWorkload(model, objective, train, valid, settings, t)
     with writing(out, fresh=checkpoint is None, main_process=True):
         write_run_settings(out, {k: v for k, v in settings.items() if k != "max_steps_override"})
         result = run_training(workload, t, out, resume_from=checkpoint, tracker_config=settings)
-        summary = {**result, "modality": "image", "objective": "mae", "train_images": len(train), "valid_images": len(valid),
+        summary = {**result, "modality": "image", "objective": objective.name, "train_images": len(train), "valid_images": len(valid),
                    "channels": images.channels, "image_size": settings["encoder"]["img_size"],
                    "parameters": sum(p.numel() for p in model.parameters()),
                    "encoder_parameters": sum(p.numel() for p in model.encoder.parameters()),
