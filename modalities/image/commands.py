@@ -1,4 +1,4 @@
-"""``foundry image …``: presets, pretrain (MAE), finetune (image-classification), predict, export.
+"""``foundry image …``: presets, pretrain (MAE), evaluate, finetune (image-classification), predict, export.
 
 Only click is imported here; torch and timm load when a command runs, so ``foundry plugins`` and
 ``foundry --help`` stay fast.
@@ -141,6 +141,23 @@ def finetune_command(source, preset, timm_model, task, train_path, valid_path, t
         }
         summary = finetune_images(settings)
     click.echo(format_report(summary))
+
+
+@image_group.command("evaluate")
+@click.argument("paths", nargs=-1, type=_path())
+@click.option("--model", "model_dir", type=_path(), required=True, help="A pretrained model: OUT/final of `image pretrain` (or OUT).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, help="Seed of the objective's randomness (default: validation's, so the loss compares with val_loss).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, … (auto: cuda when available).")
+def evaluate_command(paths, model_dir, batch_size, seed, device) -> None:
+    """The model's pretraining objective (MAE: MSE on masked patches, fixed masks) on held-out
+    images: folders (recursive), image files or CSVs. The last stdout line is one JSON object:
+    loss, images, scored (masked patches), objective."""
+    from .evaluate import run_evaluate
+
+    result = run_evaluate(model_dir, paths, batch_size=batch_size, seed=seed, device=device)
+    click.echo(f"{result['images']} images, {result['loss_name']} {result['loss']:.4f} ({result['objective']})", err=True)
+    click.echo(json.dumps(result))
 
 
 @image_group.command("predict")

@@ -34,11 +34,12 @@ EVAL_SEED = 7_777_777  # fixed masks for validation (and `foundry image evaluate
 
 
 @torch.no_grad()
-def objective_loss(model, objective: ImageObjective, images: torch.Tensor, batch_size: int, device=None) -> tuple[float, float]:
+def objective_loss(model, objective: ImageObjective, images: torch.Tensor, batch_size: int, device=None,
+                   seed: int = EVAL_SEED) -> tuple[float, float]:
     """(loss, units scored) of ``objective`` over ``images`` ([0, 1], in order) with fixed randomness
-    (``EVAL_SEED``): validation, ``foundry image evaluate`` and the forgetting report all use this."""
+    (``seed``): validation, ``foundry image evaluate`` and the forgetting report all use this."""
     model.eval()
-    generator = torch.Generator().manual_seed(EVAL_SEED)
+    generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0.0
     for start in range(0, len(images), batch_size):
         loss, scored = objective(model, normalise(images[start : start + batch_size]), generator=generator, train=False, device=device)
