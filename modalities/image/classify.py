@@ -10,7 +10,10 @@ trained by the one loop with foundry's strategies (full / frozen / LoRA through 
                              a whole timm classifier (LoRA merged) with encoder.json beside it
     FT/confusion_valid.png   confusion matrices of the best model (and _test.png)
     FT/test_predictions.csv  with --test: id, label, predicted, one probability column per class
-    FT/summary.json          {"valid": {...}, "test": {"accuracy": ...}, ...}, written last
+    FT/summary.json          {"valid": {...}, "test": {"accuracy": ...}, "forgetting": {...} | null, ...}, written last
+
+With ``--from`` a pretrained image model, the final report and ``summary.json["forgetting"]`` give
+its pretraining objective on held-out images before vs after fine-tuning (``forgetting.py``).
 """
 
 from __future__ import annotations
@@ -232,6 +235,7 @@ def _finish(out: Path, task, settings: dict, result: dict, splits: dict, labels:
         raise FoundryError(f"{out}: no evaluation gave a finite accuracy: there is no best model to keep")
     best, _, _ = load_classifier(out / "best")
     scores, reports = {}, {}
+    forgetting = _forgetting(settings, best, splits["valid"])
     log = MetricsLog(out / "metrics.jsonl")
     for name, split in splits.items():
         if split is None:
@@ -244,16 +248,32 @@ def _finish(out: Path, task, settings: dict, result: dict, splits: dict, labels:
         log.write({"step": result["best_step"], "split": name, "final": True, **scores[name], "classes": reports[name]})
         if name == "test":
             write_probabilities(out / "test_predictions.csv", split.ids, logits, labels, split.labels)
+    if forgetting is not None:
+        log.write({"step": result["best_step"], "forgetting_before": forgetting["before"], "forgetting_after": forgetting["after"],
+                   "forgetting_increase": forgetting["increase"]})
     log.close()
     summary = {
         "task": task.name, "strategy": settings["strategy"], "from": settings.get("from"), "preset": settings.get("preset"),
         "metric": task.default_metric, "best_step": result["best_step"], "steps": result["step"], "max_steps": result["max_steps"],
         "stopped_early": result["stopped_early"], "train_examples": settings.get("n_train"), "labels": labels, **scores,
         "classes": reports, "trainable_parameters": trainable, "parameters": total, "image_size": settings["encoder"]["img_size"],
-        "channels": settings["encoder"]["in_chans"], "best_model": str(out / "best"),
+        "channels": settings["encoder"]["in_chans"], "forgetting": forgetting, "best_model": str(out / "best"),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     return summary
+
+
+def _forgetting(settings: dict, best: nn.Module, valid: ImageSet) -> dict | None:
+    """The pretraining objective before vs after fine-tuning (``forgetting.py``), or None when
+    ``--from`` has no image pretraining objective or ``--no-forgetting`` was given."""
+    from .forgetting import build_probe, forgetting_summary
+
+    if not settings.get("forgetting", True):
+        return None
+    probe = build_probe(settings.get("from"), valid.images, settings["valid_data"], settings["batch_size"])
+    if probe is None:
+        return None
+    return forgetting_summary(probe, probe.loss(), probe.loss(best))
 
 
 def write_probabilities(path: Path, ids: list[str], logits: torch.Tensor, labels: list[str], truth: list[str] | None = None) -> None:
@@ -276,6 +296,9 @@ def format_report(summary: dict) -> str:
             lines.append(f"{split:8s}{s['accuracy']:10.4f}{s['macro_f1']:10.4f}{s['balanced_accuracy']:10.4f}{s['loss']:10.4f}")
     if "test" in summary.get("classes", {}):
         lines.append(format_class_report(summary["classes"]["test"], "test: per class (best model)"))
+    f = summary.get("forgetting")
+    if f:
+        lines.append(f"forgetting: {f['loss_name']} on {f['data']} {f['before']:.4f} -> {f['after']:.4f} ({f['increase']:+.4f})")
     lines.append(f"best model: {summary['best_model']} (step {summary['best_step']} of {summary['steps']}, "
                  f"{summary['trainable_parameters']:,} of {summary['parameters']:,} parameters trained, strategy {summary['strategy']})")
     return "\n".join(lines)

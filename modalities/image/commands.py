@@ -112,10 +112,12 @@ def pretrain_command(data, preset, source, timm_model, out, resume, max_steps, b
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(min=1), help="Default: once per epoch, at least ten times per run.")
 @click.option("--patience", type=click.IntRange(min=1), help="Stop after this many evaluations without a better accuracy.")
+@click.option("--forgetting/--no-forgetting", default=True, show_default=True,
+              help="With --from a pretrained model: its pretraining objective on held-out images before vs after fine-tuning.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def finetune_command(source, preset, timm_model, task, train_path, valid_path, test_path, out, resume, strategy, lora_rank, lora_alpha,
                      max_steps, epochs, batch_size, lr, warmup_steps, weight_decay, dropout, image_size, seed, eval_every, patience,
-                     quiet) -> None:
+                     forgetting, quiet) -> None:
     """Fine-tune a classifier on labelled images (folders per class or CSV)."""
     from foundry.errors import FoundryError
 
@@ -137,7 +139,7 @@ def finetune_command(source, preset, timm_model, task, train_path, valid_path, t
             "timm_model": timm_model, "image_size": image_size, "train": train, "train_data": str(train_path), "valid_data": str(valid_path),
             "test_data": str(test_path) if test_path else None,
             "out": str(out), "strategy": strategy, "lora_rank": lora_rank, "lora_alpha": lora_alpha, "epochs": epochs,
-            "batch_size": batch_size, "dropout": dropout, "explicit": [k for k, v in given.items() if v is not None],
+            "batch_size": batch_size, "dropout": dropout, "forgetting": forgetting, "explicit": [k for k, v in given.items() if v is not None],
         }
         summary = finetune_images(settings)
     click.echo(format_report(summary))
