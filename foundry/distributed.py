@@ -4,7 +4,7 @@ accelerate only forms a CPU process group (gloo) when told the run is on CPU, so
 without an accelerator every process asks for ``cpu=True``: ``torchrun --nproc_per_node 2 -m
 foundry …`` (or ``foundry … pretrain --processes 2``) then trains data-parallel on CPU cores.
 
-FSDP comes from accelerate too: ``accelerate launch --config_file configs/accelerate/8gpu_fsdp.yaml
+FSDP comes from accelerate too: ``accelerate launch --config_file configs/accelerate/8gpu_fsdp.yml
 -m foundry …`` sets ``ACCELERATE_USE_FSDP``/``FSDP_*`` and the Accelerator shards with torch's FSDP2
 ``fully_shard``. Checkpoints of a sharded run are gathered into ordinary model directories
 (``Sharded``), so they load anywhere and resume on any number of processes.
@@ -131,7 +131,7 @@ def _with_fsdp(accelerator: Accelerator, mixed_precision: str) -> Accelerator:
         PartialState().distributed_type = DistributedType.FSDP
     if accelerator.state.fsdp_plugin.fsdp_version != 2:
         raise ConfigError("accelerate config: foundry shards with FSDP2; set fsdp_config.fsdp_version: 2 "
-                          "(see configs/accelerate/8gpu_fsdp.yaml)")
+                          "(see configs/accelerate/8gpu_fsdp.yml)")
     if accelerator.state.fsdp_plugin.activation_checkpointing:
         # accelerate's checkpoint wrapper renames every parameter (…_checkpoint_wrapped_module…)
         raise ConfigError("accelerate config: fsdp_activation_checkpointing renames the model's parameters; "

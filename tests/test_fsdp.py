@@ -1,5 +1,5 @@
 """FSDP2 through accelerate, proved on CPU: two gloo processes sharding the model with the shipped
-``configs/accelerate/8gpu_fsdp.yaml`` train the same model as one process, write ordinary model
+``configs/accelerate/8gpu_fsdp.yml`` train the same model as one process, write ordinary model
 directories, and a sharded run resumes on one process on the same sample stream.
 
 accelerate (1.15) builds FSDP only on GPUs; foundry.distributed switches its state to FSDP on CPU
@@ -48,7 +48,7 @@ def in_process(*args):
 def runs(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("fsdp")
     in_process("protein", "pretrain", "--out", root / "one", *SETTINGS, "--set", "train.grad_accum=2")
-    env = launch_env(CONFIGS / "8gpu_fsdp.yaml", 2)
+    env = launch_env(CONFIGS / "8gpu_fsdp.yml", 2)
     assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
     foundry("protein", "pretrain", "--processes", "2", "--out", root / "sharded", *SETTINGS, env=env)
     return root / "one", root / "sharded"
@@ -100,8 +100,8 @@ def test_shipped_accelerate_configs_parse_and_fsdp_ones_shard_blocks():
 
     from foundry.model.layers import Block
 
-    files = sorted(CONFIGS.glob("*.yaml"))
-    assert {f.name for f in files} >= {"1gpu_bf16.yaml", "8gpu_ddp.yaml", "8gpu_fsdp.yaml", "2node_fsdp.yaml"}
+    files = sorted(CONFIGS.glob("*.yml"))
+    assert {f.name for f in files} >= {"1gpu_bf16.yml", "8gpu_ddp.yml", "8gpu_fsdp.yml", "2node_fsdp.yml"}
     for path in files:
         config = load_config_from_file(str(path))
         if "fsdp" in path.name:
@@ -156,7 +156,7 @@ def test_the_launch_configs_precision_is_used_unless_the_run_config_says_otherwi
     from foundry.distributed import launcher_precision
     from foundry.errors import ConfigError
 
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what configs/accelerate/1gpu_bf16.yaml sets
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what configs/accelerate/1gpu_bf16.yml sets
     assert launcher_precision("no") == "bf16" and launcher_precision("bf16") == "bf16"
     with pytest.raises(ConfigError) as err:
         launcher_precision("fp16")
