@@ -71,15 +71,27 @@ def _pretraining_run(model_dir: Path) -> dict | None:
     return None
 
 
-def _held_out(model_dir: Path, size: int, channels: int, fallback: torch.Tensor, fallback_name: str) -> tuple[torch.Tensor, str]:
-    from .imagedata import read_images
-    from .pretrain import split_valid
+def _pretraining_held_out(data: Path, fraction: float, size: int, channels: int) -> torch.Tensor:
+    """The first ``PROBE_IMAGES`` images pretraining held out of ``data``; from a folder only those
+    files are read (a pretraining folder may hold far more images than fit in memory at once)."""
+    from .imagedata import _stack, image_files, load_image, read_images
+    from .pretrain import held_out_indices, split_valid
 
+    if data.is_dir():
+        files = image_files(data)
+        if len(files) < 2:
+            raise FoundryError(f"{data}: fewer than 2 images")
+        picked = [files[i] for i in held_out_indices(len(files), fraction)[:PROBE_IMAGES]]
+        return _stack([load_image(f, size) for f in picked], [str(f) for f in picked], channels)
+    return split_valid(read_images(data, size, channels), fraction)[1].images[:PROBE_IMAGES]
+
+
+def _held_out(model_dir: Path, size: int, channels: int, fallback: torch.Tensor, fallback_name: str) -> tuple[torch.Tensor, str]:
     run = _pretraining_run(model_dir)
     if run is not None and Path(run["data"]).exists():
         try:
-            held = split_valid(read_images(Path(run["data"]), size, channels), run["valid_fraction"])[1]
-            return held.images[:PROBE_IMAGES], f"{min(len(held), PROBE_IMAGES)} held-out pretraining images of {run['data']}"
+            held = _pretraining_held_out(Path(run["data"]), run["valid_fraction"], size, channels)
+            return held, f"{len(held)} held-out pretraining images of {run['data']}"
         except FoundryError:
             pass  # the data changed since: fall back, and say so
     return fallback[:PROBE_IMAGES], (f"{min(len(fallback), PROBE_IMAGES)} validation images of {fallback_name} "

@@ -2,6 +2,7 @@
 
     foundry image presets                                  # vit-micro (default, CPU), vit-tiny, vit-small
     foundry image pretrain --data DIR --out OUT            # MAE on unlabelled images (folders or CSV)
+    foundry image evaluate --model OUT/final HELD_OUT      # the pretraining objective, fixed masks: JSON
     foundry image finetune --from OUT/final --task image-classification --train T --valid V --test X --out FT
     foundry image predict --model FT/best --data DIR --out predictions.csv
     foundry image export FT/best --out model.safetensors   # a file timm loads

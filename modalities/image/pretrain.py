@@ -94,13 +94,18 @@ class MAEWorkload:
         load_module_state(model, directory)
 
 
+def held_out_indices(n: int, fraction: float) -> list[int]:
+    """Which of ``n`` images validation holds out: every k-th (k = 1/fraction), at least one."""
+    step = max(2, int(round(1.0 / max(fraction, 1e-6))))
+    return list(range(step - 1, n, step)) or [n - 1]
+
+
 def split_valid(images: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet]:
     """Every k-th image (k = 1/fraction, at least one image) is held out for validation."""
     n = len(images)
     if n < 2:
         raise FoundryError(f"{n} image(s): pretraining needs at least 2 (one is held out for validation)")
-    step = max(2, int(round(1.0 / max(fraction, 1e-6))))
-    held = set(range(step - 1, n, step)) or {n - 1}
+    held = set(held_out_indices(n, fraction))
     keep = [i for i in range(n) if i not in held]
     pick = lambda idx: ImageSet(images.images[idx], [images.ids[i] for i in idx])  # noqa: E731
     return pick(keep), pick(sorted(held))
