@@ -1,5 +1,6 @@
 """One loop, two registries: an objective and a task registered by an inline plugin train through
-the CLI with no engine edit; every registered objective and task trains (and resumes) on tiny data,
+the CLI with no engine edit; every registered corpus objective (``batch_kind`` packed-tokens) and
+every protein-admitting task trains (and resumes) on tiny data,
 so a new registry entry is tested by registering it; fine-tuning resumes exactly after kill -9,
 2 processes equal 1 with grad_accum=2, and a diverging fine-tune stops without a bad best model."""
 
