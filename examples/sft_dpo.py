@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sft_dpo_data import review_data, stdlib_instructions  # noqa: E402
+from sft_dpo_data import review_data, stdlib_instructions, word_log_odds  # noqa: E402
 
 FOUNDRY = [sys.executable, "-m", "foundry"]
 DEFAULT_REVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "text_labelled" / "nltk_movie_reviews.zip"
@@ -81,12 +81,22 @@ def continuations(model_dir: Path, prompts: list[str], path: Path) -> Path:
     from foundry.model.store import load_model
 
     loaded = load_model(model_dir)
-    texts = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=24, temperature=0, stop=["\n"])
+    # greedy; a mild repetition penalty (the same for both models) keeps a small LM out of loops
+    texts = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=24, temperature=0, repetition_penalty=1.2, stop=["\n"])
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "text"])
         writer.writerows((i, t.strip() or ".") for i, t in enumerate(texts))
     return path
+
+
+def lexicon_score(log_odds: dict[str, float], table: Path) -> float:
+    """Mean over continuations of the mean Naive-Bayes log-odds of their known words (> 0: positive words)."""
+    scores = []
+    for row in csv.DictReader(table.open()):
+        known = [log_odds[w] for w in row["text"].split() if w in log_odds]
+        scores.append(sum(known) / len(known) if known else 0.0)
+    return sum(scores) / len(scores)
 
 
 def positive_share(classifier: Path, table: Path) -> dict:
@@ -104,14 +114,15 @@ def dpo_stage(out: Path, reviews: Path, steps: dict) -> dict:
         "--set", "data.max_len=128", "--set", "data.batch_tokens=4096", done=lm / "final")
     run("text", "finetune", "--from", lm / "final", "--task", "sequence-classification", "--train", data["sentences_train"],
         "--valid", data["sentences_valid"], "--sequence-column", "text", "--max-len", 64, "--out", out / "sentiment",
-        "--set", f"train.max_steps={steps['classifier']}", "--set", "finetune.batch_size=32", "--set", "finetune.forgetting=false",
+        "--set", f"train.max_steps={steps['classifier']}", "--set", "finetune.batch_size=32", "--set", "finetune.forgetting=false", "--set", "finetune.pooling=mean",
         done=out / "sentiment" / "summary.json")
     run("text", "dpo", "--from", lm / "final", "--data", data["pairs_train"], "--valid", data["pairs_valid"], "--out", out / "review_dpo",
-        "--max-steps", steps["dpo"], "--max-len", 128, "--lr", 1e-4, "--quiet", "--set", "train.eval_every=25",
+        "--max-steps", steps["dpo"], "--max-len", 128, "--lr", 5e-4, "--quiet", "--set", "train.eval_every=50",
         done=out / "review_dpo" / "summary.json")
     dpo = json.loads((out / "review_dpo" / "summary.json").read_text())
     classifier = json.loads((out / "sentiment" / "summary.json").read_text())
     prompts = [json.loads(line)["prompt"] for line in data["pairs_valid"].read_text().splitlines()]
+    log_odds = word_log_odds(reviews)
     result = {"classifier_valid_accuracy": classifier["valid"].get("accuracy"), "dpo_steps": dpo["step"], "valid_pairs": dpo["pairs"],
               "dpo_accuracy_before": dpo["initial"]["accuracy"], "dpo_accuracy_after": dpo["accuracy"],
               "reward_margin_after": dpo["margin"]}
@@ -120,6 +131,7 @@ def dpo_stage(out: Path, reviews: Path, steps: dict) -> dict:
         table = continuations(model, prompts, out / f"continuations_{name}.csv")
         for key, value in positive_share(out / "sentiment" / "best", table).items():
             result[f"continuations_{key}_{name}"] = value
+        result[f"continuations_word_log_odds_{name}"] = lexicon_score(log_odds, table)
     return result
 
 
@@ -131,7 +143,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step budget (0.1 for a smoke run)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    base = {"code_pretrain": 300, "sft": 200, "text_pretrain": 300, "classifier": 300, "dpo": 150}
+    base = {"code_pretrain": 300, "sft": 200, "text_pretrain": 800, "classifier": 1200, "dpo": 600}
     steps = {k: max(2, int(v * args.scale)) for k, v in base.items()}
     results = {"steps": steps}
     if args.only in (None, "sft"):

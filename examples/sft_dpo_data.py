@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import math
 import sysconfig
 import zipfile
 import zlib
@@ -112,6 +113,21 @@ def _pairs(pos: list, neg: list) -> list[dict]:
             if opening is not None:
                 rows.append({"prompt": opening, "chosen": " " + chosen, "rejected": " " + rejected})
     return rows
+
+
+def word_log_odds(zip_path: Path, min_count: int = 5) -> dict[str, float]:
+    """Naive-Bayes sentiment of each word of the training reviews: log p(w | positive) - log p(w | negative)
+    (add-one smoothed, words seen at least ``min_count`` times): a second, transparent scorer."""
+    from collections import Counter
+
+    counts = {"pos": Counter(), "neg": Counter()}
+    for kind, reviews in _reviews(zip_path).items():
+        for file_id, sentences in reviews:
+            if not _held_out(file_id):
+                counts[kind].update(w for s in sentences for w in s.split())
+    words = [w for w in counts["pos"] | counts["neg"] if counts["pos"][w] + counts["neg"][w] >= min_count]
+    totals = {k: sum(counts[k][w] for w in words) + len(words) for k in counts}
+    return {w: math.log((counts["pos"][w] + 1) / totals["pos"]) - math.log((counts["neg"][w] + 1) / totals["neg"]) for w in words}
 
 
 def review_data(zip_path: Path, out: Path) -> dict[str, Path]:
