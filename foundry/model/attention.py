@@ -37,6 +37,10 @@ IMPLS = ("auto", "sdpa", "documents", "varlen", "flex")
 BUCKET_SLACK = 0.0
 
 
+# Kept out of torch.compile graphs (train.compile): every backend is already one fused kernel, and
+# tracing the packed-row paths specializes on document lengths, so each new batch would re-trace
+# (measured on CPU: 5-10 s per new length pattern). The projections and MLP around it compile once.
+@torch.compiler.disable
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: masks.AttentionSpec, dropout_p: float = 0.0) -> torch.Tensor:
     """(B, T, H, d), (B, T, K, d), (B, T, K, d) -> (B, T, H, d) through the backend ``spec`` selects."""
     impl = choose(spec, q, dropout_p)
