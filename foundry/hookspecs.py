@@ -65,6 +65,8 @@ def register_objectives(register):
     does the same without importing it until a run uses it (keeps ``foundry plugins`` fast).
     A run uses it when its modality names it (``Modality.objective``) or through
     ``--set objective.name=NAME``. The engine's ``mlm``, ``clm`` and ``fim`` cannot be replaced.
+    ``cls.batch_kind`` says what data it trains on; a command offers only objectives of its data's
+    kind (``foundry.objectives.objectives_for``).
     """
 
 
