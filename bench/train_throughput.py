@@ -10,7 +10,7 @@ tokenized with the protein plugin's EsmTokenizer), ``--batch-tokens`` per batch,
 than ``--max-len`` cropped to a random window, AdamW with the same settings, grad clipping at 1.0.
 
 - foundry: the real training step — ``PackedStream`` batches (documents packed into rows,
-  ``document_ids``), ``ObjectiveRunner`` (MLM 80/10/10 + ESM token dropout), backward, clip, AdamW.
+  ``document_ids``), the ``mlm`` objective (MLM 80/10/10 + ESM token dropout), backward, clip, AdamW.
 - HF: the usual recipe — batch_tokens // max_len sequences per batch, padded to the longest
   (dynamic padding), the same MLM corruption, ``labels=`` loss, backward, clip, AdamW.
 
@@ -36,7 +36,8 @@ from foundry.data.packing import PackedStream
 from foundry.model import Transformer, from_name
 from foundry.model.masks import document_runs
 from foundry.objectives import mask_tokens
-from foundry.train import ObjectiveRunner, build_optimizer
+from foundry.objectives import build_objective
+from foundry.train import param_groups
 
 
 def mean_context(lengths) -> float:
@@ -66,8 +67,9 @@ class FoundrySide:
             "esm2_t6_8M", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id, attn_impl=attn_impl,
         )).to(self.device)
         cfg = run_config()
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.runner = ObjectiveRunner("mlm", tokenizer, cfg)
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(param_groups(self.model.named_parameters(), t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+        self.objective = build_objective("mlm", tokenizer, cfg.objective)
         stream = PackedStream(dataset, max_len=args.max_len, batch_tokens=args.batch_tokens, pad_id=tokenizer.pad_id, seed=args.seed)
         self.batches = stream.batches()
         self.seed = args.seed
@@ -75,7 +77,8 @@ class FoundrySide:
     def step(self) -> tuple[int, int, list[int]]:
         batch = next(self.batches)
         with _autocast(self.device, self.autocast):
-            loss, _ = self.runner(self.model, batch, self.seed, self.device)
+            generator = torch.Generator().manual_seed(self.seed)
+            loss, _ = self.objective(self.model, batch.tokens, batch.document_ids, generator=generator, device=self.device)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
