@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import DataError
+from . import jsonl
 
 ROLES = ("system", "user", "assistant")
 
@@ -207,25 +208,8 @@ def render_prompt(messages_or_prompt: list[dict] | str, template: ChatTemplate |
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a line that is not a JSON object is an
-    error naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
-        try:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-                yield number, row
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    """(line number, object) for every non-blank line (``foundry.jsonl``), places named "FILE line N"."""
+    return jsonl.read_jsonl(path, place=lambda file, number: f"{file} line {number}")
 
 
 def text_field(row: dict, key: str, where: str, allow_empty: bool = False) -> str:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import DataError
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+def file_colon_line(path: Path, number: int) -> str:
+    return f"{path}:{number}"
+
+
+def read_jsonl(path: str | Path, place: Callable[[Path, int], str] = file_colon_line) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line of ``path`` (``.gz``: gzip). A line that is
-    not a JSON object, or a file that is not UTF-8 / not gzip, is a ``DataError`` naming file and line."""
+    not a JSON object, or a file that is not UTF-8 / not gzip, is a ``DataError`` naming file and
+    line as ``place(path, number)`` says."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -26,12 +31,12 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                    raise DataError(f"{place(path, number)}: not valid JSON ({exc.msg})") from None
                 if not isinstance(row, dict):
-                    raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+                    raise DataError(f"{place(path, number)}: expected a JSON object, got {type(row).__name__}")
                 yield number, row
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}:{number + 1}: not UTF-8 text ({exc.reason})") from None
+        raise DataError(f"{place(path, number + 1)}: not UTF-8 text ({exc.reason})") from None
     except (gzip.BadGzipFile, EOFError) as exc:
         raise DataError(f"{path}: not a readable gzip file ({exc})") from None
 
