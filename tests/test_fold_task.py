@@ -1,8 +1,10 @@
 """``finetune --task fold``: structures -> examples (every chain, masks, odd files), crops, the loss,
 the CLI contract end to end (OUT/best reloads through load_folder and folds), and bad input."""
 
+import csv
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +157,53 @@ def test_load_folder_refuses_a_model_of_another_task(tmp_path):
 
     with pytest.raises(CheckpointError, match="finetune.json: file not found"):
         load_folder(tmp_path)
+
+
+def test_valid_and_test_chains_longer_than_max_len_are_folded_whole(tmp_path, protein_model):
+    """--max-len crops training only: a 50-residue valid/test chain under --max-len 24 is scored on
+    every residue in one piece (windows cannot stitch a structure), as an uncut read scores it."""
+    from foundry.finetune.data import Columns, encode_records, special_layout
+    from foundry.finetune.evaluation import score
+    from foundry.finetune.store import load_finetuned
+
+    out = tmp_path / "out"
+    result = run_cli("protein", "finetune", "--task", "fold", "--from", protein_model, "--train", SMALL, "--valid", SMALL,
+                     "--test", SMALL, "--out", out, "--max-steps", "1", "--distogram-steps", "0", "--structure-blocks", "1",
+                     "--max-len", "24", "--no-forgetting", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    best = load_finetuned(out / "best")
+    task = best.task
+    task.configure(best.meta.get("task_options", {}))
+    [example] = encode_records(task.read_split(SMALL, None, Columns(split="valid"), ()), best.tokenizer, task, best.labels, 1 << 62)
+    uncut = score(best.model, task, best.labels, [example], 1, best.tokenizer.pad_id, max_len=None, layout=special_layout(best.tokenizer))
+    assert uncut.logits[0].shape[:2] == (52, 52)  # <cls> + 50 residues + <eos>, every pair
+    for split in ("valid", "test"):
+        assert summary[split]["lddt_ca"] == pytest.approx(uncut.metrics["lddt_ca"], abs=1e-6)
+        assert summary[split]["rmsd_ca"] == pytest.approx(uncut.metrics["rmsd_ca"], abs=1e-4)
+    [row] = list(csv.DictReader((out / "test_predictions.csv").open()))
+    assert row["id"] == "PF00249_1GUU_A_A" and float(row["mean_plddt"]) > 0
+    # `protein fold` with this model: a record longer than it reads is one line naming record and limit
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">ok\nMKV\n>too_long\n" + "A" * 1100 + "\n")
+    result = run_cli("protein", "fold", "--model", out / "best", fasta, "-o", tmp_path / "pred", "--device", "cpu")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    assert re.search(r"^error: .*in.fasta: record 2 'too_long' has 1100 residues; the model .* folds at most \d+ ", lines[0])
+    assert not (tmp_path / "pred").exists()
+
+
+def test_an_example_longer_than_the_trunk_is_refused_by_name_not_windowed():
+    from foundry.finetune.data import Example
+    from foundry.finetune.evaluation import predict_logits
+    from foundry.finetune.heads import FinetuneModel, head_for
+    from foundry.model import Transformer, from_name
+
+    trunk = Transformer(from_name("esm2_tiny", n_layer=1, d_model=16, n_head=2, d_ff=32, max_position=12))
+    model = FinetuneModel(trunk, head_for("residue", 16, 3, "mean", 0.0), TOKENIZER.special_ids, TOKENIZER.pad_id, 1)
+    tokens = np.asarray(TOKENIZER.encode("MKVLAGHEWQKT", add_special_tokens=True), np.int64)  # 14 tokens
+    long = Example("p", "MKVLAGHEWQKT", tokens, None, "x.pdb: chain A")
+    with pytest.raises(DataError, match=r"^x.pdb: chain A: 12 residues; the model reads at most 10 at once and this task scores an "
+                                        r"example whole, never in windows$"):
+        predict_logits(model, [long], 1, TOKENIZER.pad_id, "residue", whole=True)
+    assert predict_logits(model, [long], 1, TOKENIZER.pad_id, "residue")[0].shape == (14, 3)  # windowed when the task allows it

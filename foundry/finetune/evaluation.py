@@ -16,6 +16,10 @@ Then, per level:
     sequence   the head's outputs of the windows, averaged with weights = residues per window
 
 so every labelled residue is scored. Training may still crop (``encode_records`` with ``max_len``).
+
+A task whose outputs windows cannot stitch (``Task.scored_whole``: fold's per-residue structure
+and pair channels) has every example read whole instead, up to the trunk's positions whatever
+``max_len`` says; a longer one is a ``DataError`` naming it, never a window.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .data import Example, batches
 from .heads import FinetuneModel
 from .strategies import base_transformer
@@ -73,12 +78,14 @@ def infer_layout(tokens: np.ndarray, special_ids) -> tuple[int, int]:
 
 @torch.no_grad()
 def predict_logits(model: FinetuneModel, examples: list[Example], batch_size: int, pad_id: int, level: str, device="cpu", *,
-                   max_len: int | None = None, layout: tuple[int, int] | None = None, batch_tokens: int | None = None) -> list[np.ndarray]:
+                   max_len: int | None = None, layout: tuple[int, int] | None = None, batch_tokens: int | None = None,
+                   whole: bool = False) -> list[np.ndarray]:
     """Head outputs per example, in input order, over the example's own tokens: (C,) for a
     sequence, (T, C) per residue, (T, T) per pair. Examples longer than the window (``max_len``
     tokens, default the trunk's ``max_position``) are read in overlapping windows (module doc).
-    ``layout``: special tokens (before, after) the residues; default read from the first example."""
-    window = model_window(model, max_len)
+    ``layout``: special tokens (before, after) the residues; default read from the first example.
+    ``whole`` (``Task.scored_whole``): no windows; every example in one piece, at most the trunk's positions."""
+    window = model_window(model, None if whole else max_len)
     if layout is None and examples:
         layout = infer_layout(examples[0].tokens, model.special_ids)
     front, back = layout or (0, 0)
@@ -90,6 +97,9 @@ def predict_logits(model: FinetuneModel, examples: list[Example], batch_size: in
             pieces.append(Example(example.id, example.sequence, example.tokens, None))
             owners.append((i, 0, n))
             continue
+        if whole:
+            raise DataError(f"{example.where or example.id}: {n} residues; the model reads at most {width} at once and this task "
+                            "scores an example whole, never in windows")
         head, body, tail = example.tokens[:front], example.tokens[front : front + n], example.tokens[front + n :]
         for s in window_starts(n, width):
             pieces.append(Example(example.id, example.sequence, np.concatenate([head, body[s : s + width], tail]), None))
@@ -147,7 +157,7 @@ def score(model, task: Task, labels: LabelInfo, examples: list[Example], batch_s
           max_len: int | None = None, layout: tuple[int, int] | None = None, batch_tokens: int | None = None) -> Scores:
     """``examples`` (with targets) scored: metrics, the task loss, the per-class report, the outputs."""
     logits = predict_logits(model, examples, batch_size, pad_id, task.level, device, max_len=max_len, layout=layout,
-                            batch_tokens=batch_tokens)
+                            batch_tokens=batch_tokens, whole=getattr(task, "scored_whole", False))
     targets = [e.target for e in examples]
     metrics = task.metrics(logits, targets, labels)
     with torch.no_grad():

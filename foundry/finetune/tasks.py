@@ -88,6 +88,10 @@ class Task:
     lower_is_better: ClassVar[tuple[str, ...]] = ()
     #: the --strategy when a pretrained model is fine-tuned and none is given (None: the config's)
     default_strategy: ClassVar[str | None] = None
+    #: True: valid / test / predict read each example uncut, never in the overlapping windows of
+    #: ``foundry.finetune.evaluation`` (outputs windows cannot stitch: fold's structure), at most
+    #: the trunk's positions; training may still crop (``training_batch``)
+    scored_whole: ClassVar[bool] = False
 
     def configure(self, values: dict[str, Any], readers=()) -> None:
         """Take this task's option values (unknown names are errors naming the task's options;

@@ -45,6 +45,7 @@ class Fold(Task):
     default_metric = "lddt_ca"
     default_strategy = "frozen"
     lower_is_better = ("rmsd_ca", "fape", "distogram_loss")
+    scored_whole = True  # a structure is not an average of windows: valid/test chains are folded whole (read_split caps them)
     heads = (FoldHead,)
     options = (
         TaskOption("chain", str, None, "the chain of each structure file to use (default: every protein chain)"),
