@@ -37,14 +37,18 @@ def test_residue_labels_align_to_tokens_with_cls_and_eos_ignored():
             assert e.target[i + 1] == (IGNORE if c == "." else info.names.index(c))
 
 
-def test_long_sequences_are_cut_with_their_labels():
+def test_long_sequences_keep_their_labels_and_train_in_windows_of_max_len():
     task = get_task("residue-classification")
     records = read_records(DATA / "ss3_valid.csv")[:2]
     info = task.fit([r.label for r in records], [r.where for r in records])
     ex = encode_records(records, TOK, task, info, max_len=20)
-    assert all(len(e.tokens) == 20 and e.tokens[-1] == TOK.eos_id and len(e.target) == 20 for e in ex)
-    batch = batches(ex, 2, TOK.pad_id, "residue")[0]
+    assert [len(e.tokens) for e in ex] == [len(r.sequence) + 2 for r in records] and all(e.cut == 0 for e in ex)
+    assert all(len(e.target) == len(e.tokens) for e in ex)
+    batch = batches(ex, 2, TOK.pad_id, "residue", seed=0)[0]  # training: each example's window of 20 tokens
     assert batch.tokens.shape == batch.targets.shape == (2, 20)
+    assert (batch.tokens[:, 0] == TOK.bos_id).all() and (batch.tokens[:, -1] == TOK.eos_id).all()
+    scored = batches(ex, 2, TOK.pad_id, "residue")[0]  # evaluation order: whole examples
+    assert scored.tokens.shape[1] == max(len(e.tokens) for e in ex)
 
 
 def test_fasta_plus_labels_in_record_order():
@@ -258,7 +262,8 @@ def test_long_sequences_are_counted_for_the_prediction_warning():
 
     records = [Record("long", "MKTAYIAKQR" * 3, None, "q.fasta: record 1"), Record("short", "MKT", None, "q.fasta: record 2")]
     examples = encode_records(records, TOK, get_task("residue-classification"), None, max_len=12)
-    assert [e.cut for e in examples] == [20, 0]
+    assert [e.cut for e in examples] == [0, 0]  # encoding keeps every residue (training reads windows)
+    examples[0].cut = 20  # as a caller that cut 20 residues would count them
     assert truncation_note(examples, 10, 12, "residue") == (
         "warning: 1 of 2 sequences are longer than the model's window of 10 residues (max_len 12 tokens); their predicted "
         "state strings stop there, shorter than the sequences (20 residues left out; longest: 'long', 30 residues)")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,6 +58,9 @@ class Record:
     sequence: str
     label: str | None
     where: str  # "FILE: line 12" / "FILE: record 3 'P12345'", for messages
+    # Body tokens [start, end) that every training window must hold (variant-effect: the mutated
+    # positions; for proteins one token per residue); None: any window will do.
+    focus: tuple[int, int] | None = None
 
 
 @dataclass
@@ -67,7 +70,12 @@ class Example:
     tokens: np.ndarray  # (T,) int64 with the tokenizer's special tokens
     target: np.ndarray | None  # per task level: (k,), (T,) or (T, T); IGNORE where unlabelled
     where: str = ""
-    cut: int = 0  # residues (tokens of the body) past max_len that the model never sees
+    # Residues no training step ever reads: always 0 now that training serves random windows of a
+    # long example (``training_window``); kept because run and predict reports count it.
+    cut: int = 0
+    window: int | None = None  # tokens a training step reads (max_len); longer examples are served in random windows
+    layout: tuple[int, int] = (0, 0)  # special tokens before / after the body (<cls> ... <eos>: (1, 1))
+    focus: tuple[int, int] | None = None  # body tokens [start, end) every training window holds (``Record.focus``)
 
 
 @dataclass
@@ -295,8 +303,11 @@ def special_layout(tokenizer) -> tuple[int, int]:
 
 
 def encode_records(records: list[Record], tokenizer, task: Task, info: LabelInfo | None, max_len: int) -> list[Example]:
-    """Tokenize and encode labels; bodies longer than ``max_len`` tokens are cut (labels too)."""
+    """Tokenize and encode labels. Every example keeps all its tokens and labels; ``max_len`` is the
+    window a training step reads (``training_window``: a random window of a longer example each
+    epoch, so training sees every residue over the epochs). Scored splits pass ``UNCUT``."""
     front, back = special_layout(tokenizer)
+    width = max_len - front - back  # residues in a window
     examples = []
     for record in records:
         try:
@@ -308,26 +319,69 @@ def encode_records(records: list[Record], tokenizer, task: Task, info: LabelInfo
         target = None
         if info is not None and record.label is not None:
             target = task.encode(record.label, len(body), record.where, info)
-        keep = min(len(body), max_len - front - back)
+        if record.focus is not None and record.focus[1] - record.focus[0] > width:
+            lo, hi = record.focus
+            raise DataError(f"{record.where}: the mutated positions span residues {lo + 1}..{hi} ({hi - lo} residues), more than "
+                            f"a training window of --max-len {max_len} tokens holds ({width}); raise --max-len")
         full = np.asarray(tokenizer.encode(record.sequence, add_special_tokens=True), dtype=np.int64)
-        tokens = np.concatenate([full[:front], body[:keep], full[len(full) - back:]]) if back else np.concatenate([full[:front], body[:keep]])
+        tokens = np.concatenate([full[:front], body, full[len(full) - back:]])
         if target is not None:
-            target = _align(task.level, target, keep, front, len(tokens))
-        examples.append(Example(record.id, record.sequence, tokens, target, record.where, cut=len(body) - keep))
+            target = _align(task.level, target, front, len(tokens))
+        examples.append(Example(record.id, record.sequence, tokens, target, record.where, window=max_len, layout=(front, back),
+                                focus=record.focus))
     return examples
 
 
-def _align(level: str, target: np.ndarray, keep: int, front: int, length: int) -> np.ndarray:
+def _align(level: str, target: np.ndarray, front: int, length: int) -> np.ndarray:
     """Per-residue / per-pair targets placed at their token positions, IGNORE on special tokens."""
+    n = target.shape[0]
     if level == "residue":  # (n,) or (n, K): a task may give each residue several numbers
         out = np.full((length, *target.shape[1:]), IGNORE, dtype=target.dtype)
-        out[front : front + keep] = target[:keep]
+        out[front : front + n] = target
         return out
     if level == "pair":
         out = np.full((length, length), IGNORE, dtype=target.dtype)
-        out[front : front + keep, front : front + keep] = target[:keep, :keep]
+        out[front : front + n, front : front + n] = target
         return out
     return target
+
+
+# -- training windows ---------------------------------------------------------------------------
+
+#: mixed into the window's seed so its random stream is not the batch plan's (which draws from (seed, epoch))
+_WINDOW_STREAM = 0x77696E
+
+
+def served_length(example: Example) -> int:
+    """Tokens a training step reads of ``example``: all of them, or its window (what a batch pays for)."""
+    n = len(example.tokens)
+    return n if example.window is None else min(n, example.window)
+
+
+def training_window(example: Example, level: str, seed: int, epoch: int, index: int) -> Example:
+    """What training reads of ``example`` (``index``: its place in the split) in ``epoch``: the
+    example itself when it fits its window, else ``window`` tokens of it: the special tokens at both
+    ends (<cls> ... <eos>, as the model reads whole sequences) around a random run of residues, as
+    ESM crops long proteins. Targets follow: per-residue labels with their tokens, per-pair labels on
+    both axes, a sequence label unchanged. The start is uniform over the windows that hold the
+    example's ``focus`` (variant-effect: every mutated position), drawn from (seed, epoch, index)
+    alone, so a resumed run and any number of processes read the same windows."""
+    t = len(example.tokens)
+    if example.window is None or t <= example.window:
+        return example
+    front, back = example.layout
+    n, width = t - front - back, example.window - front - back
+    first, last = 0, n - width  # window starts
+    if example.focus is not None:
+        first, last = max(first, example.focus[1] - width), min(last, example.focus[0])
+    start = first + int(np.random.default_rng([seed, epoch, index, _WINDOW_STREAM]).integers(last - first + 1))
+    keep = np.r_[np.arange(front), front + start + np.arange(width), t - back + np.arange(back)]
+    target = example.target
+    if target is not None and level == "residue":
+        target = target[keep]
+    elif target is not None and level == "pair":
+        target = target[np.ix_(keep, keep)]
+    return replace(example, tokens=example.tokens[keep], target=target)
 
 
 # -- batching -----------------------------------------------------------------------------------
@@ -414,7 +468,10 @@ def _cut(order: list[int], lengths: Sequence[int], batch_size: int, batch_tokens
 
 def batches(examples: list[Example], batch_size: int, pad_id: int, level: str, *, seed: int | None = None, epoch: int = 0,
             batch_tokens: int | None = None) -> list[Batch]:
-    """The collated batches of ``batch_plan`` (training with ``seed``, else evaluation order);
-    predictions go back to input order by ``Batch.index``."""
-    plan = batch_plan([len(e.tokens) for e in examples], batch_size=batch_size, batch_tokens=batch_tokens, seed=seed, epoch=epoch)
-    return [collate([examples[i] for i in idx], idx, pad_id, level) for idx in plan]
+    """The collated batches of ``batch_plan`` (training with ``seed``: each example's window of
+    ``epoch``; else evaluation order, whole examples); predictions go back to input order by ``Batch.index``."""
+    if seed is None:
+        plan = batch_plan([len(e.tokens) for e in examples], batch_size=batch_size, batch_tokens=batch_tokens)
+        return [collate([examples[i] for i in idx], idx, pad_id, level) for idx in plan]
+    plan = batch_plan([served_length(e) for e in examples], batch_size=batch_size, batch_tokens=batch_tokens, seed=seed, epoch=epoch)
+    return [collate([training_window(examples[i], level, seed, epoch, i) for i in idx], idx, pad_id, level) for idx in plan]

@@ -4,7 +4,9 @@ the task's loss (+ replayed pretraining loss, + L2-SP), the task's metrics on th
 Batches come from ``ExampleStream``: a per-epoch plan drawn from (seed, epoch) (a shuffle cut into
 ``batch_size`` rows, or into ``batch_tokens`` padded tokens with length bucketing), so its whole
 state is (epoch, batch position) and a resumed run sees exactly the batches it would have seen.
-With several processes each takes its own share of every round of batches.
+An example longer than ``max_len`` is served as a random window of it, drawn anew each epoch from
+(seed, epoch, example) (``data.training_window``). With several processes each takes its own share
+of every round of batches.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from ..train import StepLoss, param_groups
 from . import metrics as M
-from .data import Batch, Example, batch_plan, collate
+from .data import Batch, Example, batch_plan, collate, served_length, training_window
 from .evaluation import evaluate, predict_logits  # noqa: F401  (moved; kept importable from here)
 from .heads import FinetuneModel
 from .strategies import L2SP, layer_decay_scale
@@ -31,14 +33,16 @@ class ExampleStream:
     Each epoch's plan (``batch_plan``: ``batch_size`` rows, or ``batch_tokens`` padded tokens per
     batch with length bucketing) is drawn from (seed, epoch) alone, so (epoch, position) is the
     whole state and every process computes the same plan. Batches are collated as they are taken:
-    an epoch of per-pair targets would not fit in memory at once."""
+    an epoch of per-pair targets would not fit in memory at once. An example longer than its window
+    is served as that epoch's window of it (``training_window``) and the plan counts the window's
+    tokens, not the example's."""
 
     def __init__(self, examples: list[Example], batch_size: int, pad_id: int, level: str, seed: int, batch_tokens: int | None = None):
         if not examples:
             raise ValueError("no training examples")
         self.examples, self.batch_size, self.pad_id, self.level, self.seed = examples, batch_size, pad_id, level, seed
         self.batch_tokens = batch_tokens
-        self.lengths = [len(e.tokens) for e in examples]
+        self.lengths = [served_length(e) for e in examples]
         self.epoch, self.position = 0, 0
         self._plan: list[list[int]] | None = None
 
@@ -51,19 +55,21 @@ class ExampleStream:
         """Batches in the first epoch (with a token budget later epochs may differ by a few)."""
         return len(self.plan(0))
 
-    def _take(self) -> list[int]:
+    def _take(self) -> tuple[int, list[int]]:
+        """(epoch, example indices) of the next batch."""
         if self._plan is None:
             self._plan = self.plan(self.epoch)
-        index = self._plan[self.position]
+        epoch, index = self.epoch, self._plan[self.position]
         self.position += 1
         if self.position == len(self._plan):
             self.epoch, self.position, self._plan = self.epoch + 1, 0, None
-        return index
+        return epoch, index
 
     def next_for_rank(self, rank: int, world: int) -> Batch:
         """This process's batch of the next round of ``world`` batches (each process its own)."""
-        mine = [self._take() for _ in range(world)][rank]
-        return collate([self.examples[i] for i in mine], mine, self.pad_id, self.level)
+        epoch, mine = [self._take() for _ in range(world)][rank]
+        served = [training_window(self.examples[i], self.level, self.seed, epoch, i) for i in mine]
+        return collate(served, mine, self.pad_id, self.level)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

@@ -74,7 +74,12 @@ class VariantEffect(SequenceRegression):
             row = rows[k][1]
             sequence = apply_mutations(wildtype, mutations, start, wheres[k], option="--wildtype-start")
             rid = row.get(columns.id, "").strip() or row[mutation_column].strip()
-            records.append(Record(rid, sequence, row[label_column] if label_column else None, wheres[k]))
+            # Training reads a random window of a wild type longer than --max-len: every window of a
+            # variant must hold all its mutated positions (one token per residue), else it would
+            # train on wild-type residues with the variant's score.
+            positions = [m.position - start for m in mutations]
+            focus = (min(positions), max(positions) + 1) if positions else None
+            records.append(Record(rid, sequence, row[label_column] if label_column else None, wheres[k], focus))
         return records
 
 
