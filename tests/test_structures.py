@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from foundry.errors import DataError
-from modalities.protein.structures import read_structure, read_structures, virtual_cb
+from modalities.protein.structures import CHAIN_ATOMS, read_chain_atoms, read_structure, read_structures, virtual_cb
 
 DATA = Path(__file__).parent / "data" / "structures"
 
@@ -160,3 +160,24 @@ def test_free_amino_acid_ligand_is_not_part_of_the_chain(tmp_path):
     lab = read_structure(path)
     assert len(lab) == 70 and "999" not in lab.residue_ids
     assert lab.sequence == read_structure(DATA / "1A8O.pdb").sequence
+
+
+def test_read_chain_atoms_gives_every_protein_chain_with_the_labels_own_atoms():
+    """The public per-chain reading (what the fold task trains on) is the one read_structure uses:
+    same sequence, same positions, labels.coords == atoms[:, 4]; atoms straight from the file."""
+    chains = read_chain_atoms(DATA / "2BEG.pdb.gz")
+    assert [c.chain for c in chains] == ["A", "B", "C", "D", "E"] and CHAIN_ATOMS == ("N", "CA", "C", "O", "CB")
+    for c in chains:
+        lab = read_structure(DATA / "2BEG.pdb.gz", chain=c.chain)
+        assert c.atoms.shape == (42, 5, 3) and c.atoms.dtype == np.float32 and c.name == lab.name == f"2BEG_{c.chain}"
+        assert (c.sequence, c.residue_ids, c.notes) == (lab.sequence, lab.residue_ids, lab.notes)
+        assert np.array_equal(c.atoms[:, 4], lab.coords, equal_nan=True)
+        assert np.isnan(c.atoms[:16]).all() and np.isfinite(c.atoms[16:, :4]).all()  # unobserved N-terminus: every atom absent
+    [one] = read_chain_atoms(DATA / "1A8O.pdb", chain="A")
+    for k, name in enumerate(CHAIN_ATOMS):  # MSE 151, GLY 156 (its distance atom is Cα)
+        np.testing.assert_allclose(one.atoms[0, k], atom_xyz(DATA / "1A8O.pdb", 151, name), atol=1e-3)
+        np.testing.assert_allclose(one.atoms[5, k], atom_xyz(DATA / "1A8O.pdb", 156, "CA" if name == "CB" else name), atol=1e-3)
+    [bare], [ideal] = read_chain_atoms(DATA / "occupancy.pdb"), read_chain_atoms(DATA / "occupancy.pdb", virtual_cb=True)
+    assert np.isnan(bare.atoms[0, 4]).all() and np.isfinite(ideal.atoms[0, [0, 1, 2, 4]]).all()  # no side chain: an ideal Cβ on request
+    with pytest.raises(DataError, match=r"1A8O.pdb: chain 'Z' not found; chains: A"):
+        read_chain_atoms(DATA / "1A8O.pdb", chain="Z")

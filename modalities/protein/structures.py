@@ -7,6 +7,12 @@
     labels.contacts          # (L, L) int8: 1 contact (< 8 Å), 0 no contact, -1 unknown
     labels.mask              # (L,) bool: residue has the atom the distance needs
     for labels in read_structures("pdbs/"): ...      # every .pdb/.ent/.cif/.mmcif(.gz) of a folder
+    chains = read_chain_atoms("1abc.cif")            # EVERY protein chain (chain="B": that one), with atoms:
+    chains[0].atoms          # (L, 5, 3) float32 N, CA, C, O, CB (Cα for glycine) in Å per position, NaN where absent
+
+``read_structure`` derives its labels from the same per-chain reading as ``read_chain_atoms``
+(``labels.coords`` is ``atoms[:, 4]``), so contact labels and the folding task's structures
+(``modalities.protein.fold.data``) never disagree on a residue, a position or an atom.
 
 Conventions, each one a decision a user can look up here:
 
@@ -35,6 +41,9 @@ Conventions, each one a decision a user can look up here:
   shifted. ``virtual_cb=True`` places an ideal Cβ from N, Cα, C instead (trRosetta's constants),
   when those three atoms are there. Residues missing any of N, Cα, C, O are listed in
   ``labels.missing_backbone`` and ``labels.backbone_mask`` is False for those missing N, Cα or C.
+- **Atoms** (``read_chain_atoms``): N, Cα, C, O as observed and the distance atom above (Cβ, Cα for
+  glycine, the ideal Cβ with ``virtual_cb=True``), at the residue's place in the sequence; NaN for
+  an atom that is not there and for every atom of a residue without coordinates.
 """
 
 from __future__ import annotations
@@ -52,7 +61,39 @@ from foundry.errors import DataError
 
 CONTACT_CUTOFF = 8.0
 STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+#: the atoms of ``ChainAtoms.atoms``, in order; the last is the distance atom (Cα for glycine)
+CHAIN_ATOMS = ("N", "CA", "C", "O", "CB")
 _WATER = {"HOH", "WAT", "DOD", "H2O"}
+
+
+def _chain_name(path: str, chain: str) -> str:
+    """A label for outputs: file stem + chain, e.g. ``1a8o_A``."""
+    stem = Path(path).name
+    for suffix in (".gz", *STRUCTURE_SUFFIXES):
+        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
+    return f"{stem}_{chain}"
+
+
+@dataclass
+class ChainAtoms:
+    """One chain of a structure file: its sequence and each position's atoms (``read_chain_atoms``)."""
+
+    path: str
+    chain: str
+    sequence: str  # full deposited sequence (sequence_source "seqres") or the observed residues
+    sequence_source: str  # "seqres" | "observed"
+    residue_ids: list[str | None]  # author residue number + insertion code per position; None: unobserved
+    atoms: np.ndarray  # (L, 5, 3) float32 Å, CHAIN_ATOMS per position; NaN where absent
+    n_models: int = 1
+    missing_backbone: list[str] = field(default_factory=list)  # "ALA 52: N, O"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return _chain_name(self.path, self.chain)
+
+    def __len__(self) -> int:
+        return len(self.sequence)
 
 
 @dataclass
@@ -74,10 +115,7 @@ class StructureLabels:
     @property
     def name(self) -> str:
         """A label for outputs: file stem + chain, e.g. ``1a8o_A``."""
-        stem = Path(self.path).name
-        for suffix in (".gz", *STRUCTURE_SUFFIXES):
-            stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
-        return f"{stem}_{self.chain}"
+        return _chain_name(self.path, self.chain)
 
     def __len__(self) -> int:
         return len(self.sequence)
@@ -109,20 +147,47 @@ def read_structure(path: str | Path, chain: str | None = None, use_seqres: bool 
                    virtual_cb: bool = False, cutoff: float = CONTACT_CUTOFF) -> StructureLabels:
     """One chain of a PDB or mmCIF file as labels; see the module docstring for the conventions."""
     path = Path(path)
+    text, is_cif, models = _read_models(path)
+    chain_id = _pick_chain(path, models[0], chain)
+    return _labels(*_read_chain(path, text, is_cif, models, chain_id, use_seqres, virtual_cb), cutoff)
+
+
+def read_chain_atoms(path: str | Path, chain: str | None = None, *, use_seqres: bool = True,
+                     virtual_cb: bool = False) -> list[ChainAtoms]:
+    """Every chain of a PDB / mmCIF file that holds an amino acid, in file order (``chain``: that
+    one only), each with its atoms per position: the readers and conventions of ``read_structure``
+    (module docstring). A file without a protein chain, or without ``chain``, is a ``DataError``
+    listing the chains there."""
+    path = Path(path)
+    text, is_cif, models = _read_models(path)
+    model = models[0]
+    if chain is not None:
+        ids = [_pick_chain(path, model, chain)]
+    else:
+        ids = [c.id for c in model if any(_is_amino_acid(r) for r in c)]
+        if not ids:
+            _pick_chain(path, model, None)  # raises: no protein chain, listing the chains
+    return [_read_chain(path, text, is_cif, models, cid, use_seqres, virtual_cb)[0] for cid in ids]
+
+
+def _read_models(path: Path) -> tuple[str, bool, list]:
+    """(text, is mmCIF, models) of a structure file that has at least one model."""
     text = _read_text(path)
     is_cif = _is_cif(path, text)
-    structure = _parse(path, text, is_cif)
-    models = list(structure)
+    models = list(_parse(path, text, is_cif))
     if not models:
         raise DataError(f"{path}: no atoms (no MODEL / ATOM records)")
-    model = models[0]
-    chain_id = _pick_chain(path, model, chain)
-    residues = _chain_residues(model[chain_id])
-    observed = [_residue_record(r) for r in residues]
+    return text, is_cif, models
+
+
+def _read_chain(path: Path, text: str, is_cif: bool, models: list, chain_id: str, use_seqres: bool,
+                use_virtual_cb: bool) -> tuple[ChainAtoms, np.ndarray]:
+    """One chain of the first model placed on its sequence: the ``ChainAtoms`` and its atoms in
+    float64 (distances are computed from those, as read)."""
+    observed = [_residue_record(r) for r in _chain_residues(models[0][chain_id])]
     notes = []
     if len(models) > 1:
         notes.append(f"{len(models)} models; the first is used")
-
     seqres = None
     if use_seqres:
         seqres = _cif_seqres(path, text, chain_id) if is_cif else _pdb_seqres(text, chain_id)
@@ -136,7 +201,34 @@ def read_structure(path: str | Path, chain: str | None = None, use_seqres: bool 
         sequence = "".join(o.letter for o in observed)
         placement = list(range(len(observed)))
         source = "observed"
-    return _labels(path, chain_id, sequence, source, observed, placement, virtual_cb, cutoff, len(models), notes)
+    atoms = np.full((len(sequence), len(CHAIN_ATOMS), 3), np.nan)
+    residue_ids: list[str | None] = [None] * len(sequence)
+    missing_bb, no_atom = [], []
+    for o, i in zip(observed, placement):
+        residue_ids[i] = o.label
+        absent = [a for a in CHAIN_ATOMS[:4] if a not in o.atoms]
+        if absent:
+            missing_bb.append(f"{o.resname} {o.label}: {', '.join(absent)}")
+        for k, name in enumerate(CHAIN_ATOMS[:4]):
+            if name in o.atoms:
+                atoms[i, k] = o.atoms[name]
+        atom = "CA" if o.resname == "GLY" else "CB"
+        if atom in o.atoms:
+            atoms[i, 4] = o.atoms[atom]
+        elif use_virtual_cb and all(a in o.atoms for a in ("N", "CA", "C")):
+            atoms[i, 4] = virtual_cb(o.atoms["N"], o.atoms["CA"], o.atoms["C"])
+        else:
+            no_atom.append(f"{o.resname} {o.label} (no {atom})")
+    n_alt = sum(o.altloc for o in observed)
+    if n_alt:
+        notes.append(f"{n_alt} residues with alternate locations (highest occupancy used)")
+    if missing_bb:
+        notes.append(f"{len(missing_bb)} residues miss backbone atoms: {'; '.join(missing_bb[:5])}"
+                     + (" ..." if len(missing_bb) > 5 else ""))
+    if no_atom:
+        notes.append(f"{len(no_atom)} residues masked: {', '.join(no_atom[:5])}" + (" ..." if len(no_atom) > 5 else ""))
+    chain = ChainAtoms(str(path), chain_id, sequence, source, residue_ids, atoms.astype(np.float32), len(models), missing_bb, notes)
+    return chain, atoms
 
 
 def _read_text(path: Path) -> str:
@@ -391,42 +483,17 @@ def virtual_cb(n: np.ndarray, ca: np.ndarray, c: np.ndarray) -> np.ndarray:
     return -0.58273431 * a + 0.56802827 * b - 0.54067466 * c_ + ca
 
 
-def _labels(path, chain_id, sequence, source, observed, placement, use_virtual_cb, cutoff, n_models, notes):
-    length = len(sequence)
-    coords = np.full((length, 3), np.nan)
-    mask = np.zeros(length, dtype=bool)
-    backbone = np.zeros(length, dtype=bool)
-    residue_ids: list[str | None] = [None] * length
-    missing_bb, no_atom = [], []
-    for o, i in zip(observed, placement):
-        residue_ids[i] = o.label
-        absent = [a for a in ("N", "CA", "C", "O") if a not in o.atoms]
-        if absent:
-            missing_bb.append(f"{o.resname} {o.label}: {', '.join(absent)}")
-        backbone[i] = all(a in o.atoms for a in ("N", "CA", "C"))
-        atom = "CA" if o.resname == "GLY" else "CB"
-        if atom in o.atoms:
-            coords[i] = o.atoms[atom]
-        elif use_virtual_cb and backbone[i]:
-            coords[i] = virtual_cb(o.atoms["N"], o.atoms["CA"], o.atoms["C"])
-        else:
-            no_atom.append(f"{o.resname} {o.label} (no {atom})")
-            continue
-        mask[i] = True
-    n_alt = sum(o.altloc for o in observed)
-    if n_alt:
-        notes.append(f"{n_alt} residues with alternate locations (highest occupancy used)")
-    if missing_bb:
-        notes.append(f"{len(missing_bb)} residues miss backbone atoms: {'; '.join(missing_bb[:5])}"
-                     + (" ..." if len(missing_bb) > 5 else ""))
-    if no_atom:
-        notes.append(f"{len(no_atom)} residues masked: {', '.join(no_atom[:5])}" + (" ..." if len(no_atom) > 5 else ""))
+def _labels(chain: ChainAtoms, atoms: np.ndarray, cutoff: float) -> StructureLabels:
+    """Contact labels from a chain's distance atoms (``atoms[:, 4]``, float64 as read)."""
+    coords = atoms[:, 4]
+    mask = np.isfinite(coords).all(-1)
+    backbone = np.isfinite(atoms[:, :3]).all((-1, -2))  # N, CA and C
     diff = coords[:, None, :] - coords[None, :, :]
     distances = np.sqrt((diff**2).sum(-1)).astype(np.float32)  # NaN propagates from masked rows
     contacts = (distances < cutoff).astype(np.int8)
     contacts[~(mask[:, None] & mask[None, :])] = -1
     return StructureLabels(
-        path=str(path), chain=chain_id, sequence=sequence, sequence_source=source, residue_ids=residue_ids,
-        mask=mask, backbone_mask=backbone, coords=coords.astype(np.float32), distances=distances,
-        contacts=contacts, n_models=n_models, missing_backbone=missing_bb, notes=notes,
+        path=chain.path, chain=chain.chain, sequence=chain.sequence, sequence_source=chain.sequence_source,
+        residue_ids=chain.residue_ids, mask=mask, backbone_mask=backbone, coords=coords.astype(np.float32), distances=distances,
+        contacts=contacts, n_models=chain.n_models, missing_backbone=chain.missing_backbone, notes=chain.notes,
     )

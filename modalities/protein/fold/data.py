@@ -5,8 +5,8 @@
     chains[0].atoms       # (L, 5, 3) float32 N, CA, C, O, CB in Å; NaN where the atom is absent
     chains[0].target()    # (L, 20): atoms flattened (15) + atom mask (5), what the fold task trains on
 
-The conventions are those of ``modalities.protein.structures`` (its private readers are reused, so
-the two never disagree): first model, highest-occupancy alternate location, modified residues
+The conventions are those of ``modalities.protein.structures`` (its public ``read_chain_atoms``
+reads the chains, the same reading its contact labels come from, so the two never disagree): first model, highest-occupancy alternate location, modified residues
 mapped to their parent (MSE -> M), SEQRES placement with insertion codes, residues without
 coordinates masked (never shifted). Here a file contributes every chain that holds amino acids
 (``chain=`` picks one). The CB channel holds the distogram's atom: Cβ, Cα for glycine, an ideal
@@ -24,7 +24,7 @@ import torch
 
 from foundry.errors import DataError
 
-ATOM_NAMES = ("N", "CA", "C", "O", "CB")
+from ..structures import CHAIN_ATOMS as ATOM_NAMES  # N, CA, C, O, CB (Cα for glycine)
 TARGET_WIDTH = 3 * len(ATOM_NAMES) + len(ATOM_NAMES)
 
 
@@ -68,50 +68,10 @@ def read_chains(path: str | Path, chain: str | None = None) -> list[Chain]:
 
 
 def read_file_chains(path: Path, chain: str | None = None) -> list[Chain]:
-    from .. import structures as S
+    """Every protein chain (or ``chain``) of one structure file; an ideal Cβ where the side chain is truncated."""
+    from ..structures import read_chain_atoms
 
-    text = S._read_text(path)
-    is_cif = S._is_cif(path, text)
-    models = list(S._parse(path, text, is_cif))
-    if not models:
-        raise DataError(f"{path}: no atoms (no MODEL / ATOM records)")
-    model = models[0]
-    if chain is not None:
-        ids = [S._pick_chain(path, model, chain)]  # names the chains there when ``chain`` is not one
-    else:
-        ids = [c.id for c in model if any(S._is_amino_acid(r) for r in c)]
-        if not ids:
-            S._pick_chain(path, model, None)  # raises: no protein chain, listing the chains
-    chains = []
-    for cid in ids:
-        observed = [S._residue_record(r) for r in S._chain_residues(model[cid])]
-        seqres = S._cif_seqres(path, text, cid) if is_cif else S._pdb_seqres(text, cid)
-        if seqres is not None:
-            sequence, placement = S._place(path, cid, observed, seqres, exact=is_cif)
-        else:
-            sequence, placement = "".join(o.letter for o in observed), list(range(len(observed)))
-        atoms = np.full((len(sequence), len(ATOM_NAMES), 3), np.nan, dtype=np.float32)
-        for o, i in zip(observed, placement):
-            for k, name in enumerate(ATOM_NAMES[:4]):
-                if name in o.atoms:
-                    atoms[i, k] = o.atoms[name]
-            atoms[i, 4] = _distogram_atom(o)
-        notes = [f"{len(models)} models; the first is used"] if len(models) > 1 else []
-        chains.append(Chain(str(path), cid, sequence, atoms, notes))
-    return chains
-
-
-def _distogram_atom(o) -> np.ndarray:
-    """Cβ; Cα for glycine; an ideal Cβ from N, Cα, C for a truncated side chain; NaN otherwise."""
-    from ..structures import virtual_cb
-
-    if o.resname == "GLY":
-        return o.atoms.get("CA", np.full(3, np.nan))
-    if "CB" in o.atoms:
-        return o.atoms["CB"]
-    if all(a in o.atoms for a in ("N", "CA", "C")):
-        return virtual_cb(o.atoms["N"], o.atoms["CA"], o.atoms["C"])
-    return np.full(3, np.nan)
+    return [Chain(c.path, c.chain, c.sequence, c.atoms, c.notes) for c in read_chain_atoms(path, chain, virtual_cb=True)]
 
 
 def random_crop(tokens: torch.Tensor, targets: torch.Tensor, size: int, special_ids, pad_id: int, ignore: float):
