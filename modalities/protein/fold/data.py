@@ -5,10 +5,10 @@
     chains[0].atoms       # (L, 5, 3) float32 N, CA, C, O, CB in Å; NaN where the atom is absent
     chains[0].target()    # (L, 20): atoms flattened (15) + atom mask (5), what the fold task trains on
 
-The conventions are those of ``modalities.protein.structures`` (its public ``read_chain_atoms``
-reads the chains, the same reading its contact labels come from, so the two never disagree): first model, highest-occupancy alternate location, modified residues
-mapped to their parent (MSE -> M), SEQRES placement with insertion codes, residues without
-coordinates masked (never shifted). Here a file contributes every chain that holds amino acids
+The conventions are those of ``modalities.protein.structures``: its public ``read_chain_atoms``
+reads the chains, the reading its contact labels come from, so the two never disagree. First
+model, highest-occupancy alternate location, modified residues mapped to their parent (MSE -> M),
+SEQRES placement with insertion codes, residues without coordinates masked (never shifted). Here a file contributes every chain that holds amino acids
 (``chain=`` picks one). The CB channel holds the distogram's atom: Cβ, Cα for glycine, an ideal
 Cβ where the side chain is truncated. An atom counts only if it is there: a residue missing N, Cα
 or C has no frame (masked in FAPE), one missing Cα is masked in lDDT / RMSD.
