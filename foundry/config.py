@@ -93,6 +93,7 @@ class TrainSection:
     save_on_signal: bool = True  # SIGTERM/SIGINT: write a checkpoint before exiting
     patience: int | None = None  # evaluations without improvement before stopping early; None = never
     keep_best: bool = False  # keep the best evaluated model in OUT/best (fine-tuning turns this on)
+    eval_at_start: bool = False  # also evaluate the untrained model (step 0), a baseline in metrics.jsonl; not on --resume
     compile: bool = False  # torch.compile each transformer block (foundry/distributed.py prepare_model)
     compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" traces without code generation
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute

@@ -1,6 +1,7 @@
 """The one training loop, on accelerate: pretraining, fine-tuning (and later SFT, DPO) alike, on a
 laptop CPU, one GPU, or ``accelerate launch`` / ``--processes N`` across processes.
 
+Before the first step, with ``train.eval_at_start``: one evaluation of the untrained model (step 0).
 Per optimizer step, in reading order: learning-rate schedule → micro-batches (forward, loss,
 backward; gradient sync only on the last) → non-finite check → clip → optimizer step → log →
 evaluate → keep the best model → early stop → checkpoint.
@@ -164,6 +165,8 @@ def run_training(workload: Workload, t: TrainSection, run_dir: Path, *, resume_f
     evaluator = _EveryProcess(accelerator) if is_sharded(accelerator) else accelerator
     last_eval: dict[str, float] | None = None
     stopped_early = False
+    if t.eval_at_start and resume_from is None:  # a resumed run has its step-0 row (and best) already
+        last_eval = _evaluate_at_start(workload, model, evaluator, accelerator, run_dir, t, state, reporter, sharded)
     with StopSignals() as signals:
         while state.step < t.max_steps:
             record = _optimizer_step(workload, model, optimizer, accelerator, t, state, signals)
@@ -258,6 +261,19 @@ def _keep_best(workload: Workload, model, accelerator: Accelerator, run_dir: Pat
         reporter.say(f"stopping early: no better {workload.metric} for {state.bad_evals} evaluations")
         return True
     return False
+
+
+def _evaluate_at_start(workload: Workload, model, evaluator, accelerator: Accelerator, run_dir: Path, t: TrainSection, state: LoopState,
+                       reporter: "Reporter", sharded: Sharded) -> dict[str, float]:
+    """Step 0: the untrained model evaluated and logged like any evaluation, so metrics.jsonl shows
+    what training changed. It is the first candidate for keep-best: a run whose steps never beat it
+    keeps the model as it started (OUT/best at best_step 0), and patience counts from it. It cannot
+    stop the run: a non-finite metric there (no best yet) is not a failed evaluation of training."""
+    result = workload.evaluate(model, evaluator)
+    reporter.evaluation(0, 0, result, workload.describe_evaluation(0, result))
+    if workload.metric not in result or state.is_better(result[workload.metric], workload.higher_is_better):
+        _keep_best(workload, model, accelerator, run_dir, t, state, result, reporter, sharded)  # best so far (or: no such metric)
+    return result
 
 
 def _stop_on_signal(checkpoints: "Checkpointer", model, optimizer, state: LoopState, t: TrainSection, signals, reporter) -> None:
