@@ -57,6 +57,8 @@ def test_fit_saves_the_head_with_the_model_and_contacts_use_it(model_dir, pdbs, 
     result = run_cli("protein", "contacts", "--model", model_dir, "--fit", pdbs, "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     assert "fitted a contact head on 2 structures" in result.stdout and "attention maps kept" in result.stdout
+    assert "chosen by cross-validation over chains" in result.stdout
+    assert "cross-validated long-range P@L/5 on the fit chains" in result.stdout and "(random 0." in result.stdout
     head_file = model_dir / "contact_head.safetensors"
     assert head_file.is_file()
     loaded = load_model(model_dir)
@@ -212,7 +214,7 @@ def test_a_head_fitted_on_bundled_structures_finds_contacts_in_held_out_chains()
     """The bundled fit/ and held_out/ chains (different Pfam families): with default settings the
     fitted head ranks held-out long-range contacts well above the random rate."""
     from modalities.protein.alphabet import EsmTokenizer
-    from modalities.protein.contact_fit import fit_contact_head
+    from modalities.protein.contact_fit import L1_GRID, fit_contact_head
     from modalities.protein.contact_metrics import contact_precisions
     from modalities.protein.embed import ProteinModel, predict_contacts
     from modalities.protein.structures import read_structures
@@ -225,6 +227,11 @@ def test_a_head_fitted_on_bundled_structures_finds_contacts_in_held_out_chains()
     pm = ProteinModel(model, tok, "probe", torch.device("cpu"))
     head, report = fit_contact_head(pm, fit)
     assert report.n_selected >= 1 and head.regression.weight[0, 0] > 0  # the informative map is kept
+    # the L1 was chosen by cross-validation over the fit chains, and the report says how well the
+    # head does on chains it did not see, against the random rate and separation alone
+    assert report.l1_chosen_by_cv and report.l1 in L1_GRID and set(report.cv_by_l1) == set(L1_GRID)
+    assert report.cv_long_precision > 0.5 > 5 * report.random_long
+    assert 0 <= report.separation_long < 0.5
     model.attach("contact", head)
     precisions, rates = [], []
     for i, probs in predict_contacts(pm, [s.sequence for s in held]):
@@ -233,3 +240,30 @@ def test_a_head_fitted_on_bundled_structures_finds_contacts_in_held_out_chains()
         known = held[i].contacts[a, b]
         rates.append(float((known[known >= 0] == 1).mean()))
     assert np.mean(precisions) > 0.5 > 5 * np.mean(rates)
+
+
+def test_fit_baselines_random_rate_and_separation_alone():
+    """The numbers a fitted head is judged against, by hand on a 30-residue chain."""
+    from modalities.protein.contact_fit import random_rate, separation_precision
+
+    contacts = np.zeros((30, 30), dtype=np.int8)
+    contacts[0, 29] = contacts[29, 0] = 1  # the one long-range contact, at the largest separation
+    contacts[2, 26] = contacts[26, 2] = -1  # unknown: not a pair
+    # long-range pairs (j - i >= 24): 6 + 5 + 4 + 3 + 2 + 1 = 21, one unknown -> 1 of 20
+    assert random_rate(contacts) == pytest.approx(1 / 20)
+    # separation alone ranks the closest long-range pairs first: L // 5 = 6 picks, none the contact
+    assert separation_precision(contacts) == 0.0
+    contacts[0, 29] = contacts[29, 0] = 0
+    contacts[0, 24] = contacts[24, 0] = 1
+    assert separation_precision(contacts) == pytest.approx(1 / 6)
+
+
+def test_fit_says_when_the_attention_has_no_contact_signal():
+    from modalities.protein.contact_fit import FitReport
+    from modalities.protein.embed_cmd import _signal_notes
+
+    report = FitReport(20, 1000, 50, 16, 3, 0.2, [], cv_long_precision=0.031, random_long=0.049, separation_long=0.032)
+    (note,) = _signal_notes(report)
+    assert "at about the random rate (0.031 vs 0.049)" in note and "train it longer" in note
+    report.cv_long_precision = 0.094
+    assert _signal_notes(report) == []

@@ -85,7 +85,8 @@ def embed_command(model, batch_tokens, device, dtype, fasta, out, layers, fmt, p
               help="Fit the contact head on these PDB/mmCIF files (a file or folder; a handful suffices) and save it "
                    "in the --model directory (Rao et al. 2020: L1 logistic regression on APC-corrected attention).")
 @click.option("--l1", type=click.FloatRange(min=0), default=None,
-              help="--fit: L1 strength on standardised attention features (default 0.001; larger keeps fewer maps).")
+              help="--fit: L1 strength on standardised attention features (larger keeps fewer maps); default: "
+                   "chosen by cross-validation over the fit chains.")
 @click.option("--replace-head", is_flag=True, help="--fit: replace the model's existing contact head.")
 def contacts_command(model, batch_tokens, device, dtype, input_path, out, chain, overwrite, fit_path, l1, replace_head):
     """Predicted contact maps (.npy + .png) for FASTA records or PDB/mmCIF chains; with --fit,
@@ -119,7 +120,7 @@ def _fit(pm, model, fit_path: Path, l1, replace_head: bool) -> None:
     from foundry.convert import detect_format
     from foundry.model.store import save_attachment
 
-    from .contact_fit import DEFAULT_L1, fit_contact_head
+    from .contact_fit import fit_contact_head
     from .contact_head import ATTACHMENT, attach_contact_head, contact_head_of
     from .structures import read_structures
 
@@ -130,10 +131,29 @@ def _fit(pm, model, fit_path: Path, l1, replace_head: bool) -> None:
     if contact_head_of(pm.model) is not None and not replace_head:
         raise FoundryError(f"{directory}: the model already has a contact head; pass --replace-head to fit a new one")
     structures = list(read_structures(fit_path))
-    head, report = fit_contact_head(pm, structures, DEFAULT_L1 if l1 is None else l1)
-    for note in report.notes:
+    head, report = fit_contact_head(pm, structures, l1)
+    for note in report.notes + _signal_notes(report):
         click.echo(f"note: {note}", err=True)
     path = save_attachment(directory, ATTACHMENT, head)
     attach_contact_head(pm.model, head)
+    how = "chosen by cross-validation over chains" if report.l1_chosen_by_cv else "given"
     click.echo(f"fitted a contact head on {report.n_structures} structures ({report.n_pairs} residue pairs, "
-               f"{report.n_contacts} contacts): {report.n_selected} of {report.n_features} attention maps kept -> {path}")
+               f"{report.n_contacts} contacts): {report.n_selected} of {report.n_features} attention maps kept "
+               f"(L1 {report.l1:g}, {how}) -> {path}")
+    if report.cv_long_precision is not None:
+        click.echo(f"cross-validated long-range P@L/5 on the fit chains: {report.cv_long_precision:.3f} "
+                   f"(random {_shown(report.random_long)}, sequence separation alone {_shown(report.separation_long)})")
+
+
+def _shown(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _signal_notes(report) -> list[str]:
+    """Say it when the attention carries no contact signal that carries over between chains."""
+    cv, rate = report.cv_long_precision, report.random_long
+    if cv is None or rate is None or cv >= 1.5 * rate:
+        return []
+    return [f"the head finds long-range contacts of chains it was not fitted on at about the random rate "
+            f"({cv:.3f} vs {rate:.3f}): this model's attention carries little contact signal yet; train it longer "
+            "(configs/protein/pretrain_small.yaml) before trusting its contact maps"]
