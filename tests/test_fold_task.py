@@ -163,7 +163,7 @@ def test_valid_and_test_chains_longer_than_max_len_are_folded_whole(tmp_path, pr
     """--max-len crops training only: a 50-residue valid/test chain under --max-len 24 is scored on
     every residue in one piece (windows cannot stitch a structure), as an uncut read scores it."""
     from foundry.finetune.data import Columns, encode_records, special_layout
-    from foundry.finetune.evaluation import score
+    from foundry.finetune.evaluation import UNCUT, score
     from foundry.finetune.store import load_finetuned
 
     out = tmp_path / "out"
@@ -175,7 +175,7 @@ def test_valid_and_test_chains_longer_than_max_len_are_folded_whole(tmp_path, pr
     best = load_finetuned(out / "best")
     task = best.task
     task.configure(best.meta.get("task_options", {}))
-    [example] = encode_records(task.read_split(SMALL, None, Columns(split="valid"), ()), best.tokenizer, task, best.labels, 1 << 62)
+    [example] = encode_records(task.read_split(SMALL, None, Columns(split="valid"), ()), best.tokenizer, task, best.labels, UNCUT)
     uncut = score(best.model, task, best.labels, [example], 1, best.tokenizer.pad_id, max_len=None, layout=special_layout(best.tokenizer))
     assert uncut.logits[0].shape[:2] == (52, 52)  # <cls> + 50 residues + <eos>, every pair
     for split in ("valid", "test"):
