@@ -42,7 +42,7 @@ def test_long_sequences_keep_their_labels_and_train_in_windows_of_max_len():
     records = read_records(DATA / "ss3_valid.csv")[:2]
     info = task.fit([r.label for r in records], [r.where for r in records])
     ex = encode_records(records, TOK, task, info, max_len=20)
-    assert [len(e.tokens) for e in ex] == [len(r.sequence) + 2 for r in records] and all(e.cut == 0 for e in ex)
+    assert [len(e.tokens) for e in ex] == [len(r.sequence) + 2 for r in records]
     assert all(len(e.target) == len(e.tokens) for e in ex)
     batch = batches(ex, 2, TOK.pad_id, "residue", seed=0)[0]  # training: each example's window of 20 tokens
     assert batch.tokens.shape == batch.targets.shape == (2, 20)
@@ -254,20 +254,6 @@ def test_classification_on_numeric_labels_suggests_regression(tmp_path):
     ids = write(tmp_path, "ids.csv", "sequence,label\n" + "".join(f"MKV,{i % 12}\n" for i in range(24)))
     assert len(_fit(get_task("sequence-classification"), ids).names) == 12  # integer class ids stay classes
     assert len(get_task("sequence-regression").fit([r.label for r in read_records(table)], ["w"] * 12).names) == 0
-
-
-def test_long_sequences_are_counted_for_the_prediction_warning():
-    from foundry.finetune.predict import truncation_note
-    from foundry.finetune.data import Record
-
-    records = [Record("long", "MKTAYIAKQR" * 3, None, "q.fasta: record 1"), Record("short", "MKT", None, "q.fasta: record 2")]
-    examples = encode_records(records, TOK, get_task("residue-classification"), None, max_len=12)
-    assert [e.cut for e in examples] == [0, 0]  # encoding keeps every residue (training reads windows)
-    examples[0].cut = 20  # as a caller that cut 20 residues would count them
-    assert truncation_note(examples, 10, 12, "residue") == (
-        "warning: 1 of 2 sequences are longer than the model's window of 10 residues (max_len 12 tokens); their predicted "
-        "state strings stop there, shorter than the sequences (20 residues left out; longest: 'long', 30 residues)")
-    assert truncation_note(examples[1:], 10, 12, "residue") is None
 
 
 # -- FLIP's files as they come: sequences + labels FASTA with SET= + mask FASTA -----------------

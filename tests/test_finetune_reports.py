@@ -71,8 +71,10 @@ def test_residue_scores_cover_every_labelled_residue_beyond_max_len(tmp_path, pr
     summary = json.loads((out / "summary.json").read_text())
     assert sum(summary["classes"]["valid"]["support"]) == labelled
     assert sum(summary["classes"]["test"]["support"]) == labelled
-    # training reads random windows of 32 tokens (tests/test_finetune_windows.py): no residue is cropped, none is said to be
-    assert summary["train_residues_cropped"] == 0 and "read the first 32 tokens" not in result.stdout
+    # training reads random windows of 32 tokens of the longer sequences (tests/test_finetune_windows.py), and says so
+    longer = sum(len(r["sequence"]) > 30 for r in csv.DictReader(train.open()))
+    assert longer and summary["train_sequences_windowed"] == longer
+    assert f"training read random windows of 32 tokens of {longer} longer sequences" in result.stdout
     predicted = list(csv.DictReader((out / "test_predictions.csv").open()))
     assert [len(p["prediction"]) for p in predicted] == [len(r["sequence"]) for r in rows]
     assert [p["label"] for p in predicted] == [r["label"] for r in rows]

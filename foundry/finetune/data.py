@@ -70,9 +70,6 @@ class Example:
     tokens: np.ndarray  # (T,) int64 with the tokenizer's special tokens
     target: np.ndarray | None  # per task level: (k,), (T,) or (T, T); IGNORE where unlabelled
     where: str = ""
-    # Residues no training step ever reads: always 0 now that training serves random windows of a
-    # long example (``training_window``); kept because run and predict reports count it.
-    cut: int = 0
     window: int | None = None  # tokens a training step reads (max_len); longer examples are served in random windows
     layout: tuple[int, int] = (0, 0)  # special tokens before / after the body (<cls> ... <eos>: (1, 1))
     focus: tuple[int, int] | None = None  # body tokens [start, end) every training window holds (``Record.focus``)

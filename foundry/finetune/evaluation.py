@@ -15,7 +15,7 @@ Then, per level:
                the lowest logit of its map (ranked as the least likely pair)
     sequence   the head's outputs of the windows, averaged with weights = residues per window
 
-so every labelled residue is scored. Training may still crop (``encode_records`` with ``max_len``).
+so every labelled residue is scored. Training reads random windows of long sequences (``data.training_window``).
 
 A task whose outputs windows cannot stitch (``Task.scored_whole``: fold's per-residue structure
 and pair channels) has every example read whole instead, up to the trunk's positions whatever

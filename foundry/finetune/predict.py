@@ -59,14 +59,15 @@ def predict_file(model_dir: Path, input_path: Path, output: Path, *, sequence_co
                       id_column or meta.get("id_column", "id"))
     examples, labelled = _read_examples(ft, Path(input_path), columns, readers, warn)
     max_len, layout = meta.get("max_len", 1024), special_layout(ft.tokenizer)
-    note = window_note(examples, max_len - sum(layout), max_len)
+    note = None if getattr(task, "scored_whole", False) else window_note(examples, max_len - sum(layout), max_len)
     if note:
         warn(note)
     if labelled:
         scores = score(ft.model, task, ft.labels, examples, batch_size, ft.tokenizer.pad_id, max_len=max_len, layout=layout)
         logits = scores.logits
     else:
-        logits = predict_logits(ft.model, examples, batch_size, ft.tokenizer.pad_id, task.level, max_len=max_len, layout=layout)
+        logits = predict_logits(ft.model, examples, batch_size, ft.tokenizer.pad_id, task.level, max_len=max_len, layout=layout,
+                                whole=getattr(task, "scored_whole", False))
     rows, maps = prediction_rows(task, ft.labels, examples, logits, layout)
     out_columns = list(rows[0]) if rows else ["id", "sequence", "prediction"]
     write_csv(Path(output), out_columns, rows)
@@ -175,20 +176,6 @@ def write_residue_table(path: Path, labels, examples, logits, layout: tuple[int,
             row.update({f"p_{n}": f"{float(v):.4f}" for n, v in zip(names, p)})
             rows.append(row)
     write_csv(path, columns, rows)
-
-
-def truncation_note(examples, window: int, max_len: int, level: str) -> str | None:
-    """Sequences longer than the model's window are cut, never silently: how many, by how much.
-    ``window``: residues that fit in ``max_len`` tokens beside the special tokens."""
-    cut = [e for e in examples if e.cut]
-    if not cut:
-        return None
-    longest = max(cut, key=lambda e: e.cut)
-    what = {"residue": "their predicted state strings stop there, shorter than the sequences",
-            "pair": "their pair maps cover only those positions"}.get(level, "their predictions see only those residues")
-    return (f"warning: {len(cut)} of {len(examples)} sequences are longer than the model's window of {window} residues "
-            f"(max_len {max_len} tokens); {what} ({sum(e.cut for e in cut)} residues left out; longest: "
-            f"{longest.id!r}, {window + longest.cut} residues)")
 
 
 def map_folder(output: Path) -> Path:

@@ -33,7 +33,7 @@ from ..metrics import MetricsLog
 from ..plugins import get_manager
 from ..rundir import checkpoint_to_resume, writing
 from ..train import run_training
-from .data import Columns, batch_plan, encode_records, special_layout
+from .data import Columns, batch_plan, encode_records, served_length, special_layout
 from .forgetting import forgetting_tools
 from .heads import FinetuneModel
 from .plots import write_confusion_png
@@ -136,11 +136,12 @@ def finetune(cfg: RunConfig, *, resume: Path | None = None, explicit: set[str] =
                for name, (path, labels, mask) in splits.items() if path}
     trunk, tokenizer, base = load_trunk(modality, cfg.model.init_from, cfg.model.preset or None, cfg.model.overrides, f.tokenizer, cfg.train.seed)
     labels = task.fit([r.label for r in records["train"]], [r.where for r in records["train"]])
-    # Training crops to max_len (the first max_len tokens); scored splits keep every residue (read
-    # in overlapping windows by foundry.finetune.evaluation), so no label drops out of a metric.
+    # Training reads a random window of max_len tokens of a longer sequence, a new one each epoch
+    # (data.training_window); scored splits keep every residue (read in overlapping windows by
+    # foundry.finetune.evaluation), so no label drops out of a metric.
     examples = {k: encode_records(v, tokenizer, task, labels, f.max_len if k == "train" else UNCUT) for k, v in records.items()}
     if checkpoint is None:
-        resolve_schedule(cfg, explicit, [len(e.tokens) for e in examples["train"]], trunk.config.d_model)
+        resolve_schedule(cfg, explicit, [served_length(e) for e in examples["train"]], trunk.config.d_model)
     torch.manual_seed(cfg.train.seed)
     head = task.build_head(trunk.config, task.n_outputs(labels), pooling=f.pooling, dropout=f.dropout)
     probe, replay = forgetting_tools(modality, readers, tokenizer, cfg, pretrained=cfg.model.init_from is not None)
@@ -202,8 +203,7 @@ def _finish(cfg: RunConfig, out: Path, result: dict, task, labels, examples: dic
         "max_steps": result["max_steps"], "stopped_early": result["stopped_early"],
         "train_examples": len(examples["train"]), "valid_examples": len(examples["valid"]), "test_examples": len(examples.get("test", [])),
         "trainable_parameters": info["trainable_parameters"], "parameters": info["parameters"], "labels": labels.names, **scores,
-        "classes": reports or None, "max_len": f.max_len, "train_residues_cropped": sum(e.cut for e in examples["train"]),
-        "train_sequences_cropped": sum(1 for e in examples["train"] if e.cut),
+        "classes": reports or None, "max_len": f.max_len, "train_sequences_windowed": sum(len(e.tokens) > served_length(e) for e in examples["train"]),
         "forgetting": None if probe is None else {"objective": probe.objective_name, "loss_name": probe.loss_name, "data": probe.source,
                                                   "targets": probe.targets, "before": before, "after": after, "increase": after - before},
         "best_model": str(out / "best"),
@@ -228,9 +228,9 @@ def format_report(summary: dict) -> str:
         lines.append(f"{s:8s}" + "".join(f"{summary[s].get(c, float('nan')):{w}.4f}" for c, w in zip(columns, widths)))
     for s, report in (summary.get("classes") or {}).items():  # per class: a collapse to one class shows here
         lines.append(format_class_report(report, f"{s}: per class (best model)"))
-    if summary.get("train_sequences_cropped"):
-        lines.append(f"note: training read the first {summary['max_len']} tokens of {summary['train_sequences_cropped']} longer "
-                     f"sequences ({summary['train_residues_cropped']} residues cropped); valid and test were scored on every residue")
+    if summary.get("train_sequences_windowed"):
+        lines.append(f"note: training read random windows of {summary['max_len']} tokens of {summary['train_sequences_windowed']} longer "
+                     "sequences (a new window each epoch; nothing is cropped); valid and test were scored on every residue")
     f = summary.get("forgetting")
     if f:
         lines.append(f"forgetting: {f['loss_name']} on held-out pretraining data ({f['data']}) {f['before']:.4f} -> {f['after']:.4f} ({f['increase']:+.4f})")

@@ -4,8 +4,8 @@
     [prediction] = folder.fold(["my_protein"], ["MKTAYIAKQR..."])    # FoldPrediction: atoms, pLDDT, distogram
 
 ``foundry protein fold --model OUT/best`` calls ``load_folder``. A sequence longer than the model
-reads at once (``max_length`` residues: the run's ``max_len`` tokens, at most the trunk's
-positions, less <cls> and <eos>) is refused with its id and both lengths; it is never cut.
+reads at once (``max_length`` residues: the trunk's positions less <cls> and <eos>, at most
+``MAX_SCORED``) is refused with its id and both lengths; it is never cut.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from foundry.errors import CheckpointError, DataError
 
 from .head import unpack
 from .prediction import FoldPrediction
+from .task import MAX_SCORED
 
 
 class FoundryFolder:
@@ -30,8 +31,10 @@ class FoundryFolder:
 
         self.model, self.tokenizer, self.device = finetuned.model.to(device).eval(), finetuned.tokenizer, torch.device(device)
         self.front, self.back = special_layout(self.tokenizer)
-        window = model_window(self.model, finetuned.meta.get("max_len"))
-        self.max_length = int(window) - self.front - self.back if window else 1 << 30
+        # folded whole, as validation scored it: the trunk's positions are the limit, not the run's
+        # --max-len (its training windows)
+        window = model_window(self.model, None)
+        self.max_length = min(MAX_SCORED, int(window) - self.front - self.back) if window else MAX_SCORED
 
     @property
     def chunk_size(self) -> int | None:
@@ -56,7 +59,7 @@ class FoundryFolder:
         if n < 1:
             raise DataError(f"{rid}: empty sequence")
         if n > self.max_length:
-            raise DataError(f"{rid}: {n} residues; this model folds at most {self.max_length} (its max_len); "
+            raise DataError(f"{rid}: {n} residues; this model folds at most {self.max_length}; "
                             "split the sequence into domains")
         out = self.model(torch.from_numpy(tokens)[None].to(self.device)).float().cpu()
         distogram, atoms, plddt_logits = unpack(out)
