@@ -4,6 +4,7 @@ from scratch on the same labels, with the same budget, on several held-out tasks
     .venv/bin/python examples/pretraining_pays.py                        # pretrain, then compare
     .venv/bin/python examples/pretraining_pays.py --pretrained runs/protein-small/final
     .venv/bin/python examples/pretraining_pays.py --tasks ss3,gb1 --seeds 0,1,2
+    .venv/bin/python examples/pretraining_pays.py --pretrained runs/demo-protein/final --name demo  # same scratch runs
 
 Pretraining (unless --pretrained is given) is ``configs/protein/pretrain_small.yaml`` on the bundled
 UniProt sample (about 25 minutes on two busy CPU cores; each fine-tuning run about a minute); the scratch
@@ -107,6 +108,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="Fine-tuning steps for every task (default: each task's own).")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3, help="The same for both models.")
+    parser.add_argument("--name", default="pretrained",
+                        help="Label of the pretrained model's runs (OUT/TASK/NAME/seedN) and table column, so that "
+                             "several pretrained models share one OUT and one scratch set (e.g. --name demo).")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     unknown = [t for t in tasks if t not in TASKS]
@@ -116,20 +120,27 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
 
     pretrained = args.pretrained or pretrain(args.out / "pretrain")
-    models = {"scratch": same_architecture(pretrained), "pretrained": ["--from", str(pretrained)]}
-    results: dict = {"pretrained_from": str(pretrained), "lr": args.lr, "runs": {}}
+    if args.name == "scratch":
+        print("error: --name: 'scratch' is the baseline's label; choose another", file=sys.stderr)
+        return 2
+    models = {"scratch": same_architecture(pretrained), args.name: ["--from", str(pretrained)]}
+    # Earlier invocations' runs stay in results.json (other seeds, tasks or --name in the same OUT).
+    path = args.out / "results.json"
+    results: dict = json.loads(path.read_text()) if path.is_file() else {}
+    results = {"models": {**results.get("models", {}), args.name: str(pretrained)}, "lr": args.lr,
+               "runs": results.get("runs", {})}
     for task in tasks:
         for seed in seeds:
             for name, flags in models.items():
                 key = f"{task}/{name}/seed{seed}"
                 results["runs"][key] = finetune(args.out / task / name / f"seed{seed}", task, flags, seed, args)
-                (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+                path.write_text(json.dumps(results, indent=1) + "\n")
 
-    print(f"\n{'task':6s}{'metric':>10s}{'scratch':>18s}{'pretrained':>18s}  pays?")
+    print(f"\n{'task':6s}{'metric':>10s}{'scratch':>18s}{args.name:>18s}  pays?")
     for task in tasks:
         per = {name: [results["runs"][f"{task}/{name}/seed{s}"]["test"] for s in seeds] for name in models}
-        gain = statistics.fmean(per["pretrained"]) - statistics.fmean(per["scratch"])
-        print(f"{task:6s}{TASKS[task][1]:>10s}{spread(per['scratch']):>18s}{spread(per['pretrained']):>18s}  "
+        gain = statistics.fmean(per[args.name]) - statistics.fmean(per["scratch"])
+        print(f"{task:6s}{TASKS[task][1]:>10s}{spread(per['scratch']):>18s}{spread(per[args.name]):>18s}  "
               f"{'yes' if gain > 0 else 'no'} ({gain:+.3f})")
     return 0
 
