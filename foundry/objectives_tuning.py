@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .chat import Encoded, encode_pieces, encode_sft_row, prompt_completion_pieces, read_jsonl, text_field
-from .data.packing import PackedStream, Piece, materialize, next_batch_for_rank
+from .data.packing import PackedStream, Piece, materialize
 from .errors import DataError
 from .objectives import IGNORE_INDEX, Objective, causal_labels
 
@@ -110,9 +110,6 @@ class SftStream(PackedStream):
         batch = materialize(self.dataset, rows, self.max_len, self.pad_id, index)
         targets = materialize(self.targets, rows, self.max_len, 0, index).tokens.bool()
         return SftBatch(batch.tokens, batch.document_ids, targets, batch.real_tokens, index)
-
-    def next_for_rank(self, rank: int, world: int) -> SftBatch:
-        return next_batch_for_rank(self, rank, world)
 
 
 def sft_labels(tokens: torch.Tensor, document_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

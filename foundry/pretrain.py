@@ -20,7 +20,7 @@ from .atomic import atomic_directory, atomic_write_text
 from .checkpoint import latest_checkpoint
 from .config import RunConfig, resolve_for_run
 from .corpus import RunData, load_run_data
-from .data.packing import Batch, PackedStream, evaluation_batches, next_batch_for_rank
+from .data.packing import Batch, PackedStream, evaluation_batches
 from .distributed import process_state
 from .errors import FoundryError
 from .loading import model_from_preset
@@ -28,13 +28,13 @@ from .modality import Modality
 from .objectives import IGNORE_INDEX, PACKED_TOKENS, Objective, build_objective, objective_class, objectives_for, unigram_log_probs
 from .plugins import get_manager
 from .rundir import checkpoint_to_resume, writing
-from .train import StepLoss, param_groups, run_training
+from .train import StepLoss, StreamWorkload, run_training
 
 UNIGRAM_SAMPLE_DOCS = 5000
 EVAL_SEED_OFFSET = 1_000_003  # keeps validation masking apart from training masking
 
 
-class PretrainWorkload:
+class PretrainWorkload(StreamWorkload):
     """Self-supervised training on packed token batches; the best model is the lowest val loss."""
 
     metric, higher_is_better = "val_loss", False
@@ -43,22 +43,8 @@ class PretrainWorkload:
                  unigram_counts: torch.Tensor, modality: Modality):
         self.cfg, self.model, self.tokenizer, self.objective = cfg, model, tokenizer, objective
         self.stream, self.eval_batches, self.modality = stream, eval_batches, modality
+        self.weight_decay = cfg.train.weight_decay
         self.log_probs = unigram_log_probs(unigram_counts)
-
-    def param_groups(self) -> list[dict]:
-        return param_groups(self.model.named_parameters(), self.cfg.train.weight_decay)
-
-    def next_batch(self, rank: int, world: int) -> Batch:
-        return next_batch_for_rank(self.stream, rank, world)
-
-    def data_state(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_data_state(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
-
-    def train_mode(self, model) -> None:
-        model.train()
 
     def _objective_loss(self, model, batch: Batch, seed: int, device, train: bool):
         generator = torch.Generator().manual_seed(seed * self.objective.seed_stride + batch.index)

@@ -63,7 +63,8 @@ class StepLoss:
 
 
 class Workload(Protocol):
-    """What the loop trains. Pretraining, fine-tuning, SFT and DPO differ only here."""
+    """What the loop trains. Pretraining, fine-tuning, SFT and DPO differ only here.
+    ``StreamWorkload`` below gives the stream and parameter-group methods to subclass."""
 
     model: torch.nn.Module
     #: the evaluation key that picks the best model and drives early stopping
@@ -97,6 +98,38 @@ class Workload(Protocol):
 
     def restore_model(self, model: torch.nn.Module, directory: Path) -> None:
         """Load a checkpoint's model directory back into ``model`` (for --resume)."""
+
+
+class StreamWorkload:
+    """The part of a ``Workload`` that every workload shares: subclass it and write what differs
+    (``metric``, ``higher_is_better``, ``loss``, ``evaluate``, ``describe_evaluation``,
+    ``save_model``, ``restore_model``).
+
+    It expects ``self.model`` (the module that trains), ``self.weight_decay`` (for the one
+    weight-decay rule, ``param_groups``) and ``self.stream``, a resumable stream with
+    ``next_for_rank(rank, world)`` (this process's next batch; every process advances the stream
+    identically), ``state_dict()`` and ``load_state_dict(state)``. Override a default where a
+    workload differs (fine-tuning: layer-wise LR decay, a frozen trunk left in eval mode).
+    """
+
+    model: torch.nn.Module
+    stream: Any
+    weight_decay: float
+
+    def param_groups(self) -> list[dict]:
+        return param_groups(self.model.named_parameters(), self.weight_decay)
+
+    def next_batch(self, rank: int, world: int) -> Any:
+        return self.stream.next_for_rank(rank, world)
+
+    def data_state(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_data_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def train_mode(self, model: torch.nn.Module) -> None:
+        model.train()
 
 
 def param_groups(named_parameters, weight_decay: float, lr_scale=None, no_decay=None) -> list[dict]:

@@ -35,12 +35,12 @@ from .objectives import objective_class
 from .objectives_tuning import ReadContext, TuningObjective
 from .plugins import get_manager
 from .rundir import checkpoint_to_resume, writing
-from .train import StepLoss, param_groups, run_training
+from .train import StepLoss, StreamWorkload, run_training
 
 ADAPTER_FILE = "lora_adapter.safetensors"
 
 
-class TuningWorkload:
+class TuningWorkload(StreamWorkload):
     """A ``Workload`` for objectives that build their own batches (SFT, DPO)."""
 
     def __init__(self, cfg: RunConfig, model, tokenizer, objective: TuningObjective, train: list, valid: list, modality: str,
@@ -51,21 +51,7 @@ class TuningWorkload:
         self.stream = objective.stream(train, cfg)
         self.eval_batches = objective.eval_batches(valid, cfg)
         self.lora = cfg.tune.strategy == "lora"
-
-    def param_groups(self) -> list[dict]:
-        return param_groups(self.model.named_parameters(), self.cfg.train.weight_decay)
-
-    def next_batch(self, rank: int, world: int):
-        return self.stream.next_for_rank(rank, world)
-
-    def data_state(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_data_state(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
-
-    def train_mode(self, model) -> None:
-        model.train()
+        self.weight_decay = cfg.train.weight_decay
 
     def loss(self, model, batch, seed: int, device) -> StepLoss:
         torch.manual_seed(seed * self.objective.seed_stride + batch.index)  # dropout: a function of (seed, batch)

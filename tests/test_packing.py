@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from foundry.data.dataset import InMemoryTokens
-from foundry.data.packing import PackedStream, evaluation_batches, next_batch_for_rank
+from foundry.data.packing import PackedStream, evaluation_batches
 
 PAD = 0
 
@@ -85,7 +85,7 @@ def test_ranks_split_the_same_global_stream(world):
     got = {}
     for step in range(12 // world):
         for rank, s in enumerate(streams):
-            batch = next_batch_for_rank(s, rank, world)
+            batch = s.next_for_rank(rank, world)
             got[batch.index] = batch.tokens
         assert len({s.state.micro_batches for s in streams}) == 1, "all ranks hold the same state"
     assert all(torch.equal(got[i], reference[i]) for i in range(12))

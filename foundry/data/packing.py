@@ -141,10 +141,25 @@ class PackedStream:
     def materialize(self, rows: list[list[Piece]], index: int) -> Batch:
         return materialize(self.dataset, rows, self.max_len, self.pad_id, index)
 
+    def next_for_rank(self, rank: int, world_size: int) -> Batch:
+        """Plan the next ``world_size`` global micro-batches and read this rank's one.
+
+        Every rank advances the stream identically, so after each call all ranks hold the same
+        ``StreamState`` — the one a checkpoint stores.
+        """
+        mine = None
+        for r in range(world_size):
+            index = self.state.micro_batches
+            plan = self.next_plan()
+            if r == rank:
+                mine = self.materialize(plan, index)
+        assert mine is not None
+        return mine
+
     def batches(self, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """Endless micro-batches of this rank, continuing from the current state."""
         while True:
-            yield next_batch_for_rank(self, rank, world_size)
+            yield self.next_for_rank(rank, world_size)
 
 
 def materialize(dataset: TokenDataset, rows: list[list[Piece]], max_len: int, pad_id: int, index: int) -> Batch:
@@ -188,18 +203,3 @@ def evaluation_batches(dataset: TokenDataset, *, max_len: int, batch_tokens: int
         batches.append(materialize(dataset, [r for r in rows if r], max_len, pad_id, len(batches)))
     return batches
 
-
-def next_batch_for_rank(stream: PackedStream, rank: int, world_size: int) -> Batch:
-    """Plan the next ``world_size`` global micro-batches and read this rank's one.
-
-    Every rank advances the stream identically, so after each call all ranks hold the same
-    ``StreamState`` — the one a checkpoint stores.
-    """
-    mine = None
-    for r in range(world_size):
-        index = stream.state.micro_batches
-        plan = stream.next_plan()
-        if r == rank:
-            mine = stream.materialize(plan, index)
-    assert mine is not None
-    return mine

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..train import StepLoss, param_groups
+from ..train import StepLoss, StreamWorkload, param_groups
 from . import metrics as M
 from .data import Batch, Example, batch_plan, collate, served_length, training_window
 from .evaluation import evaluate, predict_logits  # noqa: F401  (moved; kept importable from here)
@@ -93,7 +93,10 @@ class FinetuneSettings:
     max_len: int | None = None  # validation reads longer sequences in windows of this many tokens
 
 
-class FinetuneWorkload:
+class FinetuneWorkload(StreamWorkload):
+    """A task's head (and trunk, by strategy) on labelled examples. ``StreamWorkload`` gives the
+    stream state; parameter groups (layer decay, L2-SP), batch seeding and train mode are its own."""
+
     def __init__(self, model: FinetuneModel, task: Task, labels: LabelInfo, train: list[Example], valid: list[Example], pad_id: int,
                  settings: FinetuneSettings, seed: int, save_model: Callable[[FinetuneModel, Path], None],
                  restore_model: Callable[[FinetuneModel, Path], None], replay=None):
@@ -123,14 +126,8 @@ class FinetuneWorkload:
                 mine, self._place = batch, place
         return mine
 
-    def data_state(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_data_state(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
-
     def train_mode(self, model) -> None:
-        model.train()
+        super().train_mode(model)
         if self.settings.strategy == "frozen":
             _unwrap(model).trunk.eval()  # no dropout in a trunk that does not train
 

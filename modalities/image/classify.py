@@ -37,7 +37,7 @@ from foundry.finetune.plots import write_confusion_png
 from foundry.finetune.strategies import apply_strategy, base_transformer, count_trainable
 from foundry.metrics import MetricsLog
 from foundry.rundir import checkpoint_to_resume, writing
-from foundry.train import StepLoss, param_groups, run_training
+from foundry.train import StepLoss, StreamWorkload, run_training
 
 from .backbone import build_encoder, encoder_kwargs
 from .components import image_task
@@ -77,7 +77,7 @@ def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int, device=No
     return torch.cat(out) if out else torch.zeros(0)
 
 
-class ClassifierWorkload:
+class ClassifierWorkload(StreamWorkload):
     """What the loop trains: a registered image task's loss on labelled images; the best model has
     the best value of the task's ``default_metric`` (accuracy for image-classification)."""
 
@@ -87,21 +87,10 @@ class ClassifierWorkload:
         self.train_y = targets_of(train, labels)
         self.valid_y = targets_of(valid, labels)
         self.stream = ImageStream(len(train), settings["batch_size"], t.seed)
-
-    def param_groups(self) -> list[dict]:
-        return param_groups(self.model.named_parameters(), self.t.weight_decay)
-
-    def next_batch(self, rank: int, world: int):
-        return self.stream.next(rank, world)
-
-    def data_state(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_data_state(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
+        self.weight_decay = t.weight_decay
 
     def train_mode(self, model) -> None:
-        model.train()
+        super().train_mode(model)
         if self.settings["strategy"] == "frozen":
             base_transformer(self.model.trunk).eval()  # a fixed trunk keeps its eval behaviour (no dropout)
 

@@ -42,7 +42,7 @@ class ImageStream:
     def _order(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
 
-    def next(self, rank: int = 0, world: int = 1) -> Batch:
+    def next_for_rank(self, rank: int = 0, world: int = 1) -> Batch:
         if self.position + self.batch_size > self.n:  # drop the ragged tail: every batch is full
             self.epoch, self.position = self.epoch + 1, 0
         indices = self._order()[self.position : self.position + self.batch_size]

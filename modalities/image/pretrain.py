@@ -23,7 +23,7 @@ from foundry.checkpoint import latest_checkpoint
 from foundry.config import TrainSection
 from foundry.errors import FoundryError
 from foundry.rundir import checkpoint_to_resume, writing
-from foundry.train import StepLoss, param_groups, run_training
+from foundry.train import StepLoss, StreamWorkload, run_training
 
 from .common import ImageStream, load_module_state, read_run_settings, resolve_encoder, write_model_dir, write_run_settings
 from .imagedata import ImageSet, normalise, read_images
@@ -47,7 +47,7 @@ def objective_loss(model, objective: ImageObjective, images: torch.Tensor, batch
     return total / max(count, 1.0), count
 
 
-class MAEWorkload:
+class MAEWorkload(StreamWorkload):
     """What the loop trains: an image objective (MAE by default) on a fixed set of images; the
     best model is the lowest val loss."""
 
@@ -56,21 +56,7 @@ class MAEWorkload:
     def __init__(self, model, objective: ImageObjective, train: ImageSet, valid: ImageSet, settings: dict, train_cfg: TrainSection):
         self.model, self.objective, self.train, self.valid, self.settings, self.t = model, objective, train, valid, settings, train_cfg
         self.stream = ImageStream(len(train), settings["batch_size"], train_cfg.seed)
-
-    def param_groups(self) -> list[dict]:
-        return param_groups(self.model.named_parameters(), self.t.weight_decay)
-
-    def next_batch(self, rank: int, world: int):
-        return self.stream.next(rank, world)
-
-    def data_state(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_data_state(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
-
-    def train_mode(self, model) -> None:
-        model.train()
+        self.weight_decay = train_cfg.weight_decay
 
     def loss(self, model, batch, seed: int, device) -> StepLoss:
         images = normalise(self.train.images[torch.as_tensor(batch.indices)])
