@@ -140,8 +140,10 @@ def main(argv=None) -> int:
     for task in tasks:
         per = {name: [results["runs"][f"{task}/{name}/seed{s}"]["test"] for s in seeds] for name in models}
         gain = statistics.fmean(per[args.name]) - statistics.fmean(per["scratch"])
+        # A gain no larger than either model's seed spread is not evidence either way: say so.
+        noise = max((max(v) - min(v)) / 2 for v in per.values())
         print(f"{task:6s}{TASKS[task][1]:>10s}{spread(per['scratch']):>18s}{spread(per[args.name]):>18s}  "
-              f"{'yes' if gain > 0 else 'no'} ({gain:+.3f})")
+              f"{'yes' if gain > 0 else 'no'} ({gain:+.3f}{', within seed-to-seed spread' if abs(gain) <= noise else ''})")
     return 0
 
 
