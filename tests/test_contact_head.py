@@ -76,6 +76,12 @@ def test_fit_saves_the_head_with_the_model_and_contacts_use_it(model_dir, pdbs, 
     assert result.exit_code == 2 and "already has a contact head; pass --replace-head" in result.stderr
     result = run_cli("protein", "contacts", "--model", model_dir, "--fit", pdbs, "--replace-head", "--l1", "0.1", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
+    assert "(L1 0.1, given)" in result.stdout
+    # one chain: nothing to cross-validate against, the default L1, and no cross-validated number
+    result = run_cli("protein", "contacts", "--model", model_dir, "--fit", pdbs / "1A8O.pdb", "--replace-head", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "(L1 0.001, the default: too few chains with long-range pairs to cross-validate)" in result.stdout
+    assert "cross-validated long-range" not in result.stdout
 
 
 def test_fit_errors_are_one_line(model_dir):

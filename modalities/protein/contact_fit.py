@@ -200,13 +200,11 @@ def fit_contact_head(pm, structures, l1: float | None = None, steps: int = 500,
         raise DataError(f"--fit: the {len(chains)} structures give {int(y.sum())} contacts among {len(y)} scorable pairs "
                         "(separation >= 6); fitting needs both contacts and non-contacts")
     cv = cross_validate(chains, L1_GRID if l1 is None else (l1,), steps, folds) if len(chains) > 1 else {}
+    finite = {k: v for k, v in cv.items() if v == v}  # NaN: no chain had long-range pairs to score
     chosen = l1
     if l1 is None:
-        finite = {k: v for k, v in cv.items() if v == v}
         # max over (precision, l1): the best precision, a tie broken toward the sparser head
         chosen = max(finite, key=lambda k: (finite[k], k)) if finite else DEFAULT_L1
-        if not finite:
-            notes.append(f"L1 {chosen}: too few chains (or none with long-range pairs) to cross-validate")
     w, b, loss = _standardised_fit(chains, chosen, steps)
     head = ContactRegression(cfg.n_layer, cfg.n_head)
     with torch.no_grad():
@@ -216,8 +214,8 @@ def fit_contact_head(pm, structures, l1: float | None = None, steps: int = 500,
         notes.append(f"no attention map was kept at L1 {chosen}: the head predicts one probability everywhere; "
                      "lower --l1, or fit a model trained longer (its attention carries no contact signal yet)")
     report = FitReport(len(chains), len(y), int(y.sum()), w.shape[0], int((w != 0).sum()), loss, notes,
-                       l1=chosen, l1_chosen_by_cv=l1 is None and bool(cv),
-                       cv_long_precision=_mean([cv[chosen]]) if chosen in cv else None, cv_by_l1=cv or None,
+                       l1=chosen, l1_chosen_by_cv=l1 is None and bool(finite),
+                       cv_long_precision=finite.get(chosen), cv_by_l1=cv or None,
                        random_long=_mean(random_rate(c.contacts) for c in chains),
                        separation_long=_mean(separation_precision(c.contacts) for c in chains))
     return head.to(pm.device), report

@@ -136,7 +136,8 @@ def _fit(pm, model, fit_path: Path, l1, replace_head: bool) -> None:
         click.echo(f"note: {note}", err=True)
     path = save_attachment(directory, ATTACHMENT, head)
     attach_contact_head(pm.model, head)
-    how = "chosen by cross-validation over chains" if report.l1_chosen_by_cv else "given"
+    how = ("chosen by cross-validation over chains" if report.l1_chosen_by_cv
+           else "given" if l1 is not None else "the default: too few chains with long-range pairs to cross-validate")
     click.echo(f"fitted a contact head on {report.n_structures} structures ({report.n_pairs} residue pairs, "
                f"{report.n_contacts} contacts): {report.n_selected} of {report.n_features} attention maps kept "
                f"(L1 {report.l1:g}, {how}) -> {path}")
