@@ -177,3 +177,49 @@ def test_losses_compute_in_float32_under_autocast(chain):
         fape = backbone_fape(*_fape_inputs(xyz.float())[:2], *_fape_inputs(xyz.float())[:2], ca, ca, mask)
     assert half.dtype == torch.float32 and fape.dtype == torch.float32
     assert torch.allclose(half, full, atol=0.02)  # only the logits' rounding differs
+
+
+def test_violations_are_zero_on_a_real_chain_and_price_a_collapsed_one(chain):
+    from modalities.protein.fold.violations import clash_loss, peptide_bond_loss, violation_loss
+
+    _, xyz = chain  # 1A8O: residues with N, Cα, C, O, consecutive in the file
+    residues = torch.ones(1, len(xyz), dtype=torch.bool)
+    real = xyz[None]
+    # the peptide bond C(i)-N(i+1) is 1.33 Å, far inside the 1.7 + 1.55 - 1.5 Å clash bound: it is excepted
+    assert float(peptide_bond_loss(real, residues)) == 0.0 and float(clash_loss(real, residues)) == 0.0
+    moved = _moved(xyz, 3)[None]
+    assert float(violation_loss(moved, residues)) == 0.0  # invariant under a rigid motion
+    collapsed = (real * 0.3).requires_grad_()  # FAPE's hedge: every residue pulled to the middle
+    loss = violation_loss(collapsed, residues)
+    assert loss.item() > 1.0
+    loss.backward()
+    assert torch.isfinite(collapsed.grad).all()
+
+
+def test_peptide_bond_and_clash_equal_hand_computation():
+    from modalities.protein.fold.violations import TOLERANCE, clash_loss, peptide_bond_loss
+
+    # two residues, ideal angles aside: stretch the C(0)-N(1) bond to 1.329 + 0.5 Å along x
+    n0, ca0, c0 = [-1.46, 0.0, 0.0], [0.0, 0.0, 0.0], [0.55, 1.42, 0.0]
+    bond = 1.329 + 0.5
+    n1 = [c0[0] + bond, c0[1], 0.0]
+    atoms = torch.tensor([[n0, ca0, c0, [0.0, 3.0, 0.0]], [n1, [n1[0] + 1.46, n1[1], 0.0], [n1[0] + 2.0, n1[1] + 1.4, 0.0], [n1[0], n1[1] + 3.0, 0.0]]],
+                         dtype=torch.float64)[None]
+    residues = torch.ones(1, 2, dtype=torch.bool)
+    from modalities.protein.fold.violations import _unit  # the angle terms, as the loss computes them
+    from transformers.models.esm.openfold_utils import residue_constants as rc
+
+    c_to_n, _ = _unit(atoms[0, 1, 0] - atoms[0, 0, 2])
+    c_to_ca, _ = _unit(atoms[0, 0, 1] - atoms[0, 0, 2])
+    n_to_ca, _ = _unit(atoms[0, 1, 1] - atoms[0, 1, 0])
+    angle = lambda cos, ideal, sd: max(0.0, abs(float(cos) - ideal) - TOLERANCE * sd)  # noqa: E731
+    expected = (0.5 - TOLERANCE * 0.014 + angle((c_to_ca * c_to_n).sum(), *rc.between_res_cos_angles_ca_c_n)
+                + angle((-c_to_n * n_to_ca).sum(), *rc.between_res_cos_angles_c_n_ca))
+    assert float(peptide_bond_loss(atoms, residues)) == pytest.approx(expected, abs=1e-5)
+    # one clash: O(0) and O(1) 1.0 Å apart (bound 1.52 + 1.52 - 1.5 = 1.54 Å): 0.54 Å over 8 atoms
+    atoms = atoms.clone()
+    atoms[0, 1, 3] = atoms[0, 0, 3] - torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    far = atoms.clone()
+    far[0, 1, :3] += torch.tensor([0.0, 0.0, 20.0], dtype=torch.float64)  # keep only the O-O pair close
+    assert float(clash_loss(far, residues)) == pytest.approx(0.54 / 8, abs=1e-6)
+    assert float(clash_loss(far, torch.tensor([[True, False]]))) == 0.0  # a padding position clashes with nothing

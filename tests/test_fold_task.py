@@ -102,6 +102,19 @@ def test_the_true_structure_scores_perfectly_and_a_moved_copy_has_the_same_fape(
     assert float(task.losses(pack(moved.astype(np.float32)), target)["fape"]) == pytest.approx(float(perfect["fape"]), abs=1e-4)
     metrics = task.metrics([pack(moved.astype(np.float32))[0].numpy()], [chain.target()], None)
     assert metrics["lddt_ca"] == pytest.approx(1.0) and metrics["rmsd_ca"] < 1e-3 and metrics["tm_score"] == pytest.approx(1.0)
+    assert metrics["violation"] == pytest.approx(0.0, abs=1e-6)  # a real backbone: sound peptide bonds, no clashes
+
+
+def test_violation_weight_prices_a_collapsed_prediction_in_the_loss():
+    chain = read_chains(SMALL)[0]
+    target = torch.from_numpy(chain.target())[None]
+    collapsed = pack((chain.atoms * 0.3).astype(np.float32))  # FAPE's hedge: every residue pulled to the middle
+    plain, priced = Fold(), Fold()
+    plain.configure({})
+    priced.configure({"violation_weight": 2.0})
+    violation = float(plain.losses(collapsed, target)["violation"])
+    assert violation > 1.0
+    assert float(priced.loss(collapsed, target, None)) == pytest.approx(float(plain.loss(collapsed, target, None)) + 2 * violation, rel=1e-5)
 
 
 def test_finetune_fold_cli_trains_saves_and_the_best_model_folds(tmp_path, protein_model):

@@ -11,12 +11,14 @@ Loss (AlphaFold2's terms, ``losses.py``):
                   averaged over the structure module's blocks (AlphaFold2; the metric is the final block's)
   + distogram_weight * distogram cross-entropy (64 bins, Cβ; Cα for glycine)
   + plddt_weight * pLDDT cross-entropy (50 bins of per-residue lDDT-Cα)
+  + violation_weight * peptide-bond geometry and backbone clashes of the prediction (``violations.py``)
 Two stages by default (minifold's recipe): the first ``--distogram-steps`` training batches train
 the distogram alone, without running the structure module; the structure terms join after.
 
 Metrics on valid / test, one value per chain then averaged over chains: lDDT-Cα (the early-stopping
-metric), TM-score, GDT-TS, Cα RMSD after Kabsch, FAPE, the distogram loss, and the contact
-precision of the predicted structure (Cβ distances) at L, L/2, L/5 by range.
+metric), TM-score, GDT-TS, Cα RMSD after Kabsch, FAPE, the distogram loss, the violation loss
+(0 for a chemically sound backbone; a collapsed prediction scores high), and the contact precision
+of the predicted structure (Cβ distances) at L, L/2, L/5 by range.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Fold(Task):
     modalities = ("protein",)
     default_metric = "lddt_ca"
     default_strategy = "frozen"
-    lower_is_better = ("rmsd_ca", "fape", "distogram_loss")
+    lower_is_better = ("rmsd_ca", "fape", "distogram_loss", "violation")
     scored_whole = True  # a structure is not an average of windows: valid/test chains are folded whole (read_split caps them)
     heads = (FoldHead,)
     options = (
@@ -59,6 +61,8 @@ class Fold(Task):
         TaskOption("fape_weight", float, 1.0, "weight of the backbone FAPE loss"),
         TaskOption("distogram_weight", float, 0.3, "weight of the distogram loss"),
         TaskOption("plddt_weight", float, 0.01, "weight of the pLDDT loss"),
+        TaskOption("violation_weight", float, 0.0, "weight of the peptide-bond and clash losses of the predicted backbone "
+                   "(AlphaFold2: 1 when fine-tuning a model that already folds, 0 before)"),
         TaskOption("unclamped_fape", float, 0.1, "share of the FAPE loss without the 10 Å clamp (AlphaFold2: 10% of batches)"),
     )
 
@@ -68,7 +72,7 @@ class Fold(Task):
                 raise DataError(f"--{name.replace('_', '-')} {self.values[name]}: must be at least 1")
         if not 0 <= self.values["unclamped_fape"] <= 1:
             raise DataError(f"--unclamped-fape {self.values['unclamped_fape']}: a share between 0 and 1")
-        for name in ("recycles", "distogram_steps", "fape_weight", "distogram_weight", "plddt_weight"):
+        for name in ("recycles", "distogram_steps", "fape_weight", "distogram_weight", "plddt_weight", "violation_weight"):
             value = self.values[name]
             if not math.isfinite(value) or value < 0:
                 raise DataError(f"--{name.replace('_', '-')} {value}: must be a number >= 0")
@@ -133,6 +137,7 @@ class Fold(Task):
         """The loss terms of a batch: logits (B, T, W, 129) (W >= T), targets (B, T, 20)."""
         from .geometry import frames_from_backbone
         from .losses import backbone_fape, distogram_loss, plddt_loss
+        from .violations import violation_loss
 
         b, t = targets.shape[:2]
         distogram, atoms, plddt_logits = unpack(logits.float(), t)
@@ -159,12 +164,13 @@ class Fold(Task):
             terms["fape"] = fapes[-1][0]
             terms["fape_blocks"] = torch.stack([trained for _, trained in fapes]).mean()
             terms["plddt"] = plddt_loss(plddt_logits, atoms[:, :, 1], true[:, :, 1], present[..., 1])
+            terms["violation"] = violation_loss(atoms, targets[..., 15] != IGNORE)  # every residue of the chain, observed or not
         return terms
 
     def loss(self, logits, targets, info):
         terms = self.losses(logits, targets)
         weights = {"fape_blocks": self.values["fape_weight"], "distogram": self.values["distogram_weight"],
-                   "plddt": self.values["plddt_weight"]}
+                   "plddt": self.values["plddt_weight"], "violation": self.values["violation_weight"]}
         return sum(weights[k] * terms[k] for k in weights if k in terms)
 
     def metrics(self, logits, targets, info):
@@ -181,7 +187,7 @@ class Fold(Task):
             pred, true = atoms[0].numpy(), y[0, :, :15].reshape(-1, 5, 3).numpy()
             present = y[0, :, 15:].numpy() > 0.5
             row = fold_metrics(pred[:, 1], true[:, 1], present[:, 1])
-            row.update({"fape": float(terms["fape"]), "distogram_loss": float(terms["distogram"])})
+            row.update({"fape": float(terms["fape"]), "distogram_loss": float(terms["distogram"]), "violation": float(terms["violation"])})
             contacts = contact_precision(pred[:, 4], contact_labels(true[:, 4], present[:, 4]))
             row.update({k: contacts.get(k, float("nan")) for k in CONTACT_KEYS})
             rows.append(row)
