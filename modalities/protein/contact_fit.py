@@ -20,8 +20,9 @@ long-range pairs) and ranking by sequence separation alone. So a user learns at 
 whether the model's attention carries contact signal, without a held-out set of their own.
 Measured on the bundled chains (fit/ -> held_out/, examples/contacts_fit.py, examples/README.md):
 the pretrain_small model (4.1M tokens) gives held-out long P@L/5 0.096 against a random rate of
-0.044; the `make demo` model and a 200-step one give 0.036 and 0.038, no signal, and the
-cross-validated number on the fit chains said so (0.041, 0.047 against 0.094).
+0.044; the same recipe with another seed, the `make demo` model and a 200-step one give 0.054,
+0.036 and 0.038, no clear signal, and the cross-validated number on the fit chains said so (0.073,
+0.041, 0.047 against 0.094).
 """
 
 from __future__ import annotations
