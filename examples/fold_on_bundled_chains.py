@@ -10,7 +10,7 @@ Two parts, both through the CLI a user runs (``foundry protein finetune --task f
 2. Generalise a little: the 80 bundled chains (40 Pfam domains, 25 globins, 15 zinc fingers,
    ``modalities/protein/data/structures``) split into train and valid by a hash of the chain name
    (deterministic: 60 train / 20 valid). Validation FAPE and lDDT-Cα at step 0 (the untrained
-   head, every residue at the origin) against the best model, and against an ideal α-helix of
+   head, every residue at the origin; ``train.eval_at_start``) against the best model, and against an ideal α-helix of
    each valid chain's length (lDDT-Cα needs no superposition, so the helix is scored as it is).
 
 Writes OUT/proof.json and prints one table. On two busy cores (``OMP_NUM_THREADS=1``): overfit
@@ -56,24 +56,13 @@ def split_chains(out: Path) -> tuple[Path, Path]:
     return train, valid
 
 
-def step_zero(model: Path, valid: Path, options: dict) -> dict:
-    """Validation metrics of the untrained head, built as ``finetune`` builds it (seed 0)."""
-    import torch
-
-    from foundry.finetune.data import encode_records
-    from foundry.finetune.evaluation import UNCUT, evaluate
-    from foundry.finetune.heads import FinetuneModel
-    from foundry.model.store import load_model
-    from modalities.protein.fold.task import Fold
-
-    task = Fold()
-    task.configure(options)
-    loaded = load_model(model)
-    examples = encode_records(task.read_split(valid, None, None, ()), loaded.tokenizer, task, task.fit([], []), UNCUT)
-    torch.manual_seed(0)
-    head = task.build_head(loaded.model.config, task.n_outputs(None), pooling=None, dropout=0.0)
-    ft = FinetuneModel(loaded.model, head, loaded.tokenizer.special_ids, loaded.tokenizer.pad_id, loaded.model.config.n_layer).eval()
-    return evaluate(ft, task, None, examples, 1, loaded.tokenizer.pad_id)
+def step_zero(run: Path) -> dict:
+    """The validation row of step 0 (``train.eval_at_start``: the untrained head, as ``finetune`` built it)."""
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("step") == 0 and row.get("split") == "valid":
+            return row
+    raise SystemExit(f"{run}/metrics.jsonl: no step-0 validation row")
 
 
 def helix_lddt(valid: Path) -> float:
@@ -97,6 +86,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", default="1e-2")
     parser.add_argument("--distogram-steps", type=int, help="first stage (default: a quarter of --steps)")
+    parser.add_argument("--strategy", default="frozen", help="the language model: frozen (ESMFold), full or lora")
+    parser.add_argument("--layer-decay", default="1.0", help="with --strategy full: lr x this per layer below the head")
     parser.add_argument("--overfit-steps", type=int, default=300)
     parser.add_argument("--skip-overfit", action="store_true")
     args = parser.parse_args()
@@ -117,13 +108,13 @@ def main() -> None:
         results["overfit"] = json.loads((out / "overfit/summary.json").read_text())["valid"]
 
     train, valid = split_chains(out / "split")
-    options = {"crop_size": 64}
-    results["step0"] = step_zero(model, valid, options)
     if not (out / "bundled/summary.json").is_file():  # a finished run is reused
         foundry("protein", "finetune", "--task", "fold", "--from", model, "--train", train, "--valid", valid, "--out", out / "bundled",
                 "--max-steps", args.steps, "--crop-size", 64, "--batch-size", 4, "--distogram-steps",
-                args.steps // 4 if args.distogram_steps is None else args.distogram_steps, "--dropout", 0,
-                "--lr", args.lr, "--set", f"train.eval_every={max(1, args.steps // 8)}", "--no-forgetting", "--quiet")
+                args.steps // 4 if args.distogram_steps is None else args.distogram_steps, "--dropout", 0, "--lr", args.lr,
+                "--strategy", args.strategy, "--layer-decay", args.layer_decay, "--set", f"train.eval_every={max(1, args.steps // 8)}",
+                "--set", "train.eval_at_start=true", "--no-forgetting", "--quiet")
+    results["step0"] = step_zero(out / "bundled")
     summary = json.loads((out / "bundled/summary.json").read_text())
     results.update(best=summary["valid"], best_step=summary["best_step"], train_chains=summary["train_examples"],
                    valid_chains=summary["valid_examples"], helix_lddt_ca=helix_lddt(valid))
