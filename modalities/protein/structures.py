@@ -11,7 +11,7 @@
     chains[0].atoms          # (L, 5, 3) float32 N, CA, C, O, CB (Cα for glycine) in Å per position, NaN where absent
 
 ``read_structure`` derives its labels from the same per-chain reading as ``read_chain_atoms``
-(``labels.coords`` is ``atoms[:, 4]``), so contact labels and the folding task's structures
+(a ``StructureLabels`` is a ``ChainAtoms`` with contacts; ``labels.coords`` is ``labels.atoms[:, 4]``), so contact labels and the folding task's structures
 (``modalities.protein.fold.data``) never disagree on a residue, a position or an atom.
 
 Conventions, each one a decision a user can look up here:
@@ -51,7 +51,7 @@ from __future__ import annotations
 import gzip
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -96,29 +96,16 @@ class ChainAtoms:
         return len(self.sequence)
 
 
-@dataclass
-class StructureLabels:
-    path: str
-    chain: str
-    sequence: str  # full deposited sequence (sequence_source "seqres") or the observed residues
-    sequence_source: str  # "seqres" | "observed"
-    residue_ids: list[str | None]  # author residue number + insertion code per position; None: unobserved
+@dataclass(kw_only=True)
+class StructureLabels(ChainAtoms):
+    """A chain with its contact labels (``read_structure``): everything ``ChainAtoms`` has, plus
+    the distance atom's mask, coordinates, distances and contacts."""
+
     mask: np.ndarray  # (L,) bool: has the atom the distance uses
     backbone_mask: np.ndarray  # (L,) bool: has N, CA and C
     coords: np.ndarray  # (L, 3) float32 Cβ (Cα for Gly), NaN where masked
     distances: np.ndarray  # (L, L) float32 Å, NaN where unknown
     contacts: np.ndarray  # (L, L) int8, 1 / 0 / -1 unknown
-    n_models: int = 1
-    missing_backbone: list[str] = field(default_factory=list)  # "ALA 52: N, O"
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        """A label for outputs: file stem + chain, e.g. ``1a8o_A``."""
-        return _chain_name(self.path, self.chain)
-
-    def __len__(self) -> int:
-        return len(self.sequence)
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -492,8 +479,6 @@ def _labels(chain: ChainAtoms, atoms: np.ndarray, cutoff: float) -> StructureLab
     distances = np.sqrt((diff**2).sum(-1)).astype(np.float32)  # NaN propagates from masked rows
     contacts = (distances < cutoff).astype(np.int8)
     contacts[~(mask[:, None] & mask[None, :])] = -1
-    return StructureLabels(
-        path=chain.path, chain=chain.chain, sequence=chain.sequence, sequence_source=chain.sequence_source,
-        residue_ids=chain.residue_ids, mask=mask, backbone_mask=backbone, coords=coords.astype(np.float32), distances=distances,
-        contacts=contacts, n_models=chain.n_models, missing_backbone=chain.missing_backbone, notes=chain.notes,
-    )
+    shared = {f.name: getattr(chain, f.name) for f in fields(ChainAtoms)}
+    return StructureLabels(**shared, mask=mask, backbone_mask=backbone, coords=coords.astype(np.float32), distances=distances,
+                           contacts=contacts)
