@@ -145,6 +145,26 @@ def test_finetune_fold_cli_trains_saves_and_the_best_model_folds(tmp_path, prote
         folder.fold(["p2"], ["A" * 2000])
 
 
+def test_a_lora_adapted_fold_model_reloads_with_its_adapter_and_folds_the_same(tmp_path, protein_model):
+    from modalities.protein.fold.metrics import lddt_ca
+    from modalities.protein.fold.predictor import load_folder
+
+    out = tmp_path / "lora"
+    result = run_cli("protein", "finetune", "--task", "fold", "--from", protein_model, "--train", SMALL, "--valid", SMALL,
+                     "--out", out, "--max-steps", "2", "--distogram-steps", "0", "--structure-blocks", "1", "--crop-size", "32",
+                     "--strategy", "lora", "--lr", "1e-2", "--set", "train.eval_every=2", "--no-forgetting", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "best/adapter").is_dir() and not (out / "best/trunk").exists()  # the adapter, not a copy of the trunk
+    summary = json.loads((out / "summary.json").read_text())
+    sequence = read_chains(SMALL)[0].sequence
+    [first] = load_folder(out / "best").fold(["a"], [sequence])
+    [again] = load_folder(out / "best").fold(["a"], [sequence])
+    assert np.array_equal(first.atoms, again.atoms, equal_nan=True)  # NaN: a glycine has no Cβ
+    true_ca = read_chains(SMALL)[0].atoms[:, 1]
+    # the reloaded model (base trunk + adapter + head) scores what the run reported for its best model
+    assert lddt_ca(first.atoms[:, 1], true_ca, np.isfinite(true_ca).all(1)) == pytest.approx(summary["valid"]["lddt_ca"], abs=1e-4)
+
+
 def test_bad_fold_input_is_one_line_naming_the_file(tmp_path, protein_model):
     table = tmp_path / "x.csv"
     table.write_text("sequence,label\nMKV,1\n")
