@@ -110,9 +110,12 @@ def chain_precision(chain: ChainPairs, scores: np.ndarray) -> float:
     return contact_precisions(pred, chain.contacts)["long_P@L5"]
 
 
-def random_rate(contacts: np.ndarray, min_separation: int = LONG) -> float:
-    """The precision of a random ranking: the fraction of contacts among known long-range pairs."""
+def random_rate(contacts: np.ndarray, min_separation: int = LONG, max_separation: int | None = None) -> float:
+    """The precision of a random ranking: the fraction of contacts among known pairs with
+    ``min_separation`` <= j - i (< ``max_separation``); the default is the long range. NaN: no pairs."""
     i, j = np.triu_indices(len(contacts), k=min_separation)
+    if max_separation is not None:
+        i, j = i[j - i < max_separation], j[j - i < max_separation]
     known = contacts[i, j][contacts[i, j] >= 0]
     return float((known == 1).mean()) if len(known) else float("nan")
 

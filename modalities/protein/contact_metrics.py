@@ -71,8 +71,19 @@ def contact_precisions(predictions, targets, length: int | None = None,
 
 
 def format_metrics(metrics: dict[str, float | None], keys=("short_P@L5", "medium_P@L5", "long_P@L5", "long_P@L2", "long_P@L")) -> str:
-    """One line; an undefined value (None, NaN: fewer than n residues for P@L/n) reads "n/a"."""
+    """One line; an undefined value (None, NaN: fewer than n residues for P@L/n) reads "n/a".
+
+    Where ``metrics`` has a range's random rate (``long_random``: contacts among that range's pairs),
+    it follows the range's first precision shown, "long_P@L5 0.096 (random 0.044)", so the number
+    can be judged against chance; it is the same for every k, so it is shown once per range."""
     def shown(v) -> str:
         return "n/a" if v is None or v != v else f"{v:.3f}"
 
-    return "  ".join(f"{k} {shown(metrics[k])}" for k in keys if k in metrics)
+    parts, ranges_shown = [], set()
+    for k in (k for k in keys if k in metrics):
+        part, rng = f"{k} {shown(metrics[k])}", k.split("_")[0]
+        if f"{rng}_random" in metrics and rng not in ranges_shown:
+            part += f" (random {shown(metrics[f'{rng}_random'])})"
+        ranges_shown.add(rng)
+        parts.append(part)
+    return "  ".join(parts)

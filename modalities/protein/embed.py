@@ -287,10 +287,15 @@ _CONTACT_ATOM = "Cβ (Cα for glycine)"
 
 
 def score_structure(item: ContactItem, probs: np.ndarray) -> dict:
-    """{"name", "length", "long_P@L5", ...}, or {"name", "length", "not_scored": why} when fewer
-    than 5 residues have the atom contacts are measured on: then even P@L/5 (k = L // 5) is
-    undefined and the other precisions would be numbers about nothing."""
-    from .contact_metrics import FRACTIONS, contact_precisions
+    """{"name", "length", "long_P@L5", ..., "long_random"}, or {"name", "length", "not_scored": why}
+    when fewer than 5 residues have the atom contacts are measured on: then even P@L/5 (k = L // 5)
+    is undefined and the other precisions would be numbers about nothing.
+
+    Beside each range's precisions, ``<range>_random``: the fraction of contacts among that range's
+    scored pairs, what a random ranking scores on average (NaN: no pairs in the range), so a
+    precision can be read against what it would be by chance."""
+    from .contact_fit import random_rate
+    from .contact_metrics import FRACTIONS, RANGES, contact_precisions
 
     row = {"name": item.name, "length": len(item.sequence)}
     observed = int(np.asarray(item.labels.mask).sum())
@@ -298,7 +303,11 @@ def score_structure(item: ContactItem, probs: np.ndarray) -> dict:
         row["not_scored"] = (f"{observed} of {len(item.sequence)} residues have coordinates for {_CONTACT_ATOM}; "
                              f"P@L/5 needs at least {max(FRACTIONS.values())}")
         return row
-    return {**row, **contact_precisions(probs, item.labels.contacts)}
+    precisions = contact_precisions(probs, item.labels.contacts)
+    for name, (lo, hi) in RANGES.items():  # each range's random rate right after its precisions
+        row.update({f"{name}_{k}": precisions[f"{name}_{k}"] for k in FRACTIONS})
+        row[f"{name}_random"] = random_rate(item.labels.contacts, lo, hi)
+    return row
 
 
 def write_contact_metrics(folder: Path, rows: list[dict]) -> dict[str, float | None]:

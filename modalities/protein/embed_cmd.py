@@ -93,7 +93,8 @@ def contacts_command(model, batch_tokens, device, dtype, input_path, out, chain,
     first fit the model's contact head on structures and save it with the model.
 
     For structures the true contacts (Cβ < 8 Å) are marked in the lower triangle of the picture
-    and precision at L, L/2, L/5 by separation range is printed and written to metrics.tsv.
+    and precision at L, L/2, L/5 by separation range is printed and written to metrics.tsv, each
+    range beside its random rate (the fraction of contacts among its scored pairs).
     """
     from .embed import contact_inputs, run_contacts
 
