@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STRUCTURES = ROOT / "modalities/protein/data/structures"
 SETS = {"held_out": STRUCTURES / "held_out", "globins": STRUCTURES / "fold/globins",
         "zincfingers": STRUCTURES / "fold/zincfingers"}
-RANGES = {"short": (6, 12), "medium": (12, 24), "long": (24, None)}
+RANGES = ("short", "medium", "long")  # |i - j| in [6, 12), [12, 24), >= 24
 
 
 def foundry(*args) -> str:
@@ -51,26 +51,15 @@ def foundry(*args) -> str:
     return done.stdout
 
 
-def baselines(folder: Path) -> dict[str, dict[str, float]]:
-    """{chain name: {"random_long": ..., "separation_long_P@L5": ...}} for every range."""
+def separation_alone(folder: Path) -> dict[str, dict[str, float]]:
+    """{chain name: {"long_P@L5": ...}}: each range's precision of ranking pairs by sequence separation alone."""
     from modalities.protein.contact_metrics import contact_precisions
     from modalities.protein.structures import read_structures
 
     out = {}
     for labels in read_structures(folder):
-        c = labels.contacts
-        row = {}
-        for name, (lo, hi) in RANGES.items():
-            i, j = np.triu_indices(len(c), k=lo)
-            keep = c[i, j] >= 0
-            if hi is not None:
-                keep &= (j - i) < hi
-            known = c[i, j][keep]
-            row[f"random_{name}"] = float((known == 1).mean()) if len(known) else float("nan")
-        i, j = np.indices(c.shape)
-        sep = contact_precisions(-np.abs(i - j).astype(float), c)
-        row.update({f"separation_{k}": v for k, v in sep.items()})
-        out[labels.name] = row
+        i, j = np.indices(labels.contacts.shape)
+        out[labels.name] = contact_precisions(-np.abs(i - j).astype(float), labels.contacts)
     return out
 
 
@@ -92,13 +81,13 @@ def measure(model: Path, work: Path) -> dict:
         out = work / name
         foundry("protein", "contacts", "--model", copy, folder, "-o", out, "--overwrite", "--device", "cpu")
         rows = json.loads((out / "metrics.json").read_text())["structures"]
-        base = baselines(folder)
+        separation = separation_alone(folder)
         table = {}
         for rng in RANGES:
             key = f"{rng}_P@L5"
             table[rng] = {"head": interval([r[key] for r in rows]),
-                          "random": interval([base[r["name"]][f"random_{rng}"] for r in rows]),
-                          "separation": interval([base[r["name"]][f"separation_{key}"] for r in rows])}
+                          "random": interval([r[f"{rng}_random"] for r in rows]),  # written by `contacts` itself
+                          "separation": interval([separation[r["name"]][key] for r in rows])}
         result["sets"][name] = {"n_chains": len(rows), "P@L5": table,
                                 "per_chain_long": {r["name"]: r["long_P@L5"] for r in rows}}
     return result
