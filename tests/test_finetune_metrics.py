@@ -90,10 +90,12 @@ def test_contact_task_scores_p_at_l5_with_the_protein_implementation():
     # 28 residues: L/5 = 5 (not 30 tokens // 5 = 6, as the task's own P@L counted before)
     logits, target = _contact_example(28, "1-28;2-27", {(0, 27): 5, (1, 26): 4, (2, 27): 3})
     assert task.metrics([logits], [target], info)["p_at_l5_long"] == pytest.approx(2 / 5)
+    assert task.metrics([logits], [target], info)["random_long"] == pytest.approx(2 / 10)  # 2 contacts in the 10 pairs 24+ apart
     assert contact_precisions(logits[1:-1, 1:-1], target[1:-1, 1:-1])["long_P@L5"] == pytest.approx(2 / 5)
     # 26 residues: only 3 pairs are 24+ apart but k = 5; the missing 2 count as wrong (ESM), not 3/3
     logits, target = _contact_example(26, "1-25;1-26;2-26", {(0, 24): 3, (0, 25): 2, (1, 25): 1})
     assert task.metrics([logits], [target], info)["p_at_l5_long"] == pytest.approx(3 / 5)
+    assert task.metrics([logits], [target], info)["random_long"] == pytest.approx(1.0)  # all 3 pairs 24+ apart are contacts
 
 
 def test_early_stopping_direction():

@@ -98,7 +98,7 @@ class Contact(Task):
     chain, labels from ``structures.py``: Cβ–Cβ < 8 Å, residues without coordinates unlabelled),
     or tables whose label is the contacting pairs, 1-based, ``"3-17;5-40"`` (every other pair is a
     negative). Pairs closer than ``min_separation`` in sequence are not scored. Metric: long-range
-    precision at L/5 (|i-j| >= 24), as ESM reports it."""
+    precision at L/5 (|i-j| >= 24), as ESM reports it, beside the random rate of those pairs."""
 
     name = "contact"
     modalities = ("protein",)
@@ -166,11 +166,17 @@ class Contact(Task):
 
     def metrics(self, logits, targets, info):
         # ESM's convention: L counts residues with labels, not special tokens; missing pairs count as wrong.
+        # Beside it, what a random ranking scores (the share of contacts among the long-range pairs),
+        # so a precision can be judged: 0.10 is good on long chains and chance on short ones.
+        from .contact_fit import random_rate
         from .contact_metrics import contact_precisions
 
-        precisions = [contact_precisions(lg, t, ranges={"long": (24, None)})["long_P@L5"] for lg, t in zip(logits, targets)]
-        precisions = [p for p in precisions if not math.isnan(p)]
-        return {"p_at_l5_long": float(np.mean(precisions)) if precisions else float("nan")}
+        def mean(values):
+            finite = [v for v in values if not math.isnan(v)]
+            return float(np.mean(finite)) if finite else float("nan")
+
+        return {"p_at_l5_long": mean([contact_precisions(lg, t, ranges={"long": (24, None)})["long_P@L5"] for lg, t in zip(logits, targets)]),
+                "random_long": mean([random_rate(np.asarray(t)) for t in targets])}
 
     def describe(self, logits, info):
         n = logits.shape[0]
