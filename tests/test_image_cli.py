@@ -146,6 +146,20 @@ def test_pretraining_resumes_exactly(folders, tmp_path):
     assert losses(out) == reference
 
 
+def test_resume_with_max_steps_extends_a_finished_pretraining_and_other_flags_are_refused(folders, tmp_path):
+    out = tmp_path / "pre"
+    ok("pretrain", "--data", folders[8]["train"], "--out", out, "--max-steps", 2, "--batch-size", 8, *FAST)
+    ok("pretrain", "--resume", out, "--max-steps", 4, "--quiet")
+    assert sorted(losses(out)) == [1, 2, 3, 4]
+    assert json.loads((out / "summary.json").read_text())["step"] == 4
+    ok("pretrain", "--resume", out, "--quiet")  # the new length is saved with the run: nothing left to do
+    assert sorted(losses(out)) == [1, 2, 3, 4]
+    message = fails("pretrain", "--resume", out, "--lr", "0.01", "--batch-size", 3)
+    assert message == ("error: --resume continues the run with the settings in its config.yaml; --batch-size, --lr would be ignored "
+                       "(it honours --max-steps): drop them, or start a new run")
+    assert "--max-steps" in fails("finetune", "--resume", out, "--max-steps", 9)  # fine-tuning resumes as it was set up
+
+
 def test_lora_finetuning_resumes_exactly(folders, tmp_path):
     data, ft = folders[8], tmp_path / "ft"
     args = ["--train", data["train"], "--valid", data["valid"], "--strategy", "lora", "--max-steps", 4, "--eval-every", 2,

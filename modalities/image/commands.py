@@ -34,6 +34,21 @@ def presets_command() -> None:
                    f"heads={p['num_heads']}  ({p['source']})")
 
 
+def _refuse_flags_on_resume(ctx: click.Context, allowed: tuple[str, ...]) -> None:
+    """A resumed run keeps its own settings (OUT/config.yaml): a flag given beside --resume would be
+    ignored, so it is refused by name instead (``allowed``: the ones resuming honours)."""
+    from click.core import ParameterSource
+
+    from foundry.errors import FoundryError
+
+    given = [p.opts[0] for p in ctx.command.params
+             if p.name not in ("resume", "quiet", *allowed) and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if given:
+        honoured = f" (it honours {', '.join('--' + a.replace('_', '-') for a in allowed)})" if allowed else ""
+        raise FoundryError(f"--resume continues the run with the settings in its config.yaml; {', '.join(given)} would be "
+                           f"ignored{honoured}: drop them, or start a new run")
+
+
 def _train_settings(max_steps, lr, warmup_steps, weight_decay, seed, eval_every, save_every, log_every, quiet, **extra) -> dict:
     return {"max_steps": max_steps, "lr": lr, "warmup_steps": warmup_steps, "weight_decay": weight_decay, "seed": seed,
             "eval_every": eval_every, "save_every": save_every, "log_every": log_every, "progress": not quiet, **extra}
@@ -46,7 +61,8 @@ def _train_settings(max_steps, lr, warmup_steps, weight_decay, seed, eval_every,
 @click.option("--timm-model", help="timm architecture of a --from checkpoint file, e.g. vit_tiny_patch16_224.")
 @click.option("--out", type=_path(), default=Path("runs/image"), show_default=True, help="Run directory.")
 @click.option("--resume", type=_path(exists=True, file_okay=False), help="Continue the run in this directory from its last checkpoint.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=400, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), default=400, show_default=True,
+              help="With --resume: train on to this many steps (extends a finished run).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Default: a tenth of the steps, at most 40.")
@@ -62,7 +78,8 @@ def _train_settings(max_steps, lr, warmup_steps, weight_decay, seed, eval_every,
 @click.option("--save-every", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def pretrain_command(data, preset, source, timm_model, out, resume, max_steps, batch_size, lr, warmup_steps, weight_decay, objective, mask_ratio,
+@click.pass_context
+def pretrain_command(ctx, data, preset, source, timm_model, out, resume, max_steps, batch_size, lr, warmup_steps, weight_decay, objective, mask_ratio,
                      norm_pix_loss, image_size, valid_fraction, seed, eval_every, save_every, log_every, quiet) -> None:
     """Self-supervised pretraining on unlabelled images (default: masked patches, MAE)."""
     from foundry.errors import FoundryError
@@ -70,7 +87,9 @@ def pretrain_command(data, preset, source, timm_model, out, resume, max_steps, b
     from .pretrain import pretrain_images
 
     if resume:
-        summary = pretrain_images({"max_steps_override": None}, resume=resume)
+        _refuse_flags_on_resume(ctx, ("max_steps",))
+        given = ctx.get_parameter_source("max_steps") == click.core.ParameterSource.COMMANDLINE
+        summary = pretrain_images({}, resume=resume, max_steps=max_steps if given else None)
     else:
         if data is None:
             raise FoundryError("image pretrain needs --data DIR_OR_CSV: a folder of images (searched recursively) or a CSV of pixel rows")
@@ -115,7 +134,8 @@ def pretrain_command(data, preset, source, timm_model, out, resume, max_steps, b
 @click.option("--forgetting/--no-forgetting", default=True, show_default=True,
               help="With --from a pretrained model: its pretraining objective on held-out images before vs after fine-tuning.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def finetune_command(source, preset, timm_model, task, train_path, valid_path, test_path, out, resume, strategy, lora_rank, lora_alpha,
+@click.pass_context
+def finetune_command(ctx, source, preset, timm_model, task, train_path, valid_path, test_path, out, resume, strategy, lora_rank, lora_alpha,
                      max_steps, epochs, batch_size, lr, warmup_steps, weight_decay, dropout, image_size, seed, eval_every, patience,
                      forgetting, quiet) -> None:
     """Fine-tune a classifier on labelled images (folders per class or CSV)."""
@@ -124,6 +144,7 @@ def finetune_command(source, preset, timm_model, task, train_path, valid_path, t
     from .classify import finetune_images, format_report
 
     if resume:
+        _refuse_flags_on_resume(ctx, ())
         summary = finetune_images({}, resume=resume)
     else:
         if source and preset:

@@ -118,10 +118,13 @@ def build_model(settings: dict, channels: int, objective: ImageObjective):
     return objective.build(encoder)
 
 
-def pretrain_images(settings: dict, resume: Path | None = None) -> dict[str, Any]:
-    """Run (or resume) an image MAE pretraining; ``settings`` as ``commands.pretrain`` builds them."""
+def pretrain_images(settings: dict, resume: Path | None = None, max_steps: int | None = None) -> dict[str, Any]:
+    """Run (or resume) an image MAE pretraining; ``settings`` as ``commands.pretrain`` builds them.
+    Resuming, ``max_steps`` trains on to that step (saved with the run, so a later resume keeps it)."""
     if resume is not None:
-        settings = {**read_run_settings(resume, "pretrain"), "max_steps_override": settings.get("max_steps_override")}
+        settings = read_run_settings(resume, "pretrain")
+        if max_steps is not None:
+            settings["train"]["max_steps"] = max_steps
     out = Path(resume or settings["out"])
     checkpoint = checkpoint_to_resume(out, resume, True)
     objective = image_objective(settings.setdefault("objective", "mae"))(settings)  # an unknown name fails before any reading
@@ -130,11 +133,9 @@ def pretrain_images(settings: dict, resume: Path | None = None) -> dict[str, Any
     train, valid = split_valid(images, settings["valid_fraction"])
     model = build_model(settings, images.channels, objective)
     t = TrainSection(**settings["train"])
-    if settings.get("max_steps_override"):
-        t.max_steps = settings["max_steps_override"]
     workload = MAEWorkload(model, objective, train, valid, settings, t)
     with writing(out, fresh=checkpoint is None, main_process=True):
-        write_run_settings(out, {k: v for k, v in settings.items() if k != "max_steps_override"})
+        write_run_settings(out, settings)
         result = run_training(workload, t, out, resume_from=checkpoint, tracker_config=settings)
         summary = {**result, "modality": "image", "objective": objective.name, "train_images": len(train), "valid_images": len(valid),
                    "channels": images.channels, "image_size": settings["encoder"]["img_size"],
