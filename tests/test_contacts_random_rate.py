@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from foundry.cli import main
+from foundry.testing import run_cli
 from modalities.protein.contact_metrics import format_metrics
 from modalities.protein.structures import read_structure
 
@@ -36,7 +36,7 @@ def test_hand_counts_on_a_real_structure():
     assert hand_random_rate(read_structure(STRUCTURES / "2BEG.pdb.gz").contacts, 24, 10**9) == (0, 3)
 
 
-def test_contacts_write_and_print_the_random_rate_of_each_range(tmp_path, capsys):
+def test_contacts_write_and_print_the_random_rate_of_each_range(tmp_path):
     from test_convert_esm import fair_esm_model, save_fair_esm
 
     torch.manual_seed(0)
@@ -46,13 +46,9 @@ def test_contacts_write_and_print_the_random_rate_of_each_range(tmp_path, capsys
     for name in ("1A8O.pdb", "2BEG.pdb.gz"):
         (folder / name).write_bytes((STRUCTURES / name).read_bytes())
     out = tmp_path / "c"
-    try:
-        main(["protein", "contacts", "--model", str(model), str(folder), "-o", str(out), "--device", "cpu"])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    stdout = capsys.readouterr().out
-    assert code == 0
+    result = run_cli("protein", "contacts", "--model", model, folder, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    stdout = result.stdout
 
     expected = {}
     for chain, name in (("1A8O_A", "1A8O.pdb"), ("2BEG_A", "2BEG.pdb.gz")):
