@@ -53,14 +53,10 @@ def foundry(*args) -> str:
 
 def separation_alone(folder: Path) -> dict[str, dict[str, float]]:
     """{chain name: {"long_P@L5": ...}}: each range's precision of ranking pairs by sequence separation alone."""
-    from modalities.protein.contact_metrics import contact_precisions
+    from modalities.protein.contact_metrics import separation_precisions
     from modalities.protein.structures import read_structures
 
-    out = {}
-    for labels in read_structures(folder):
-        i, j = np.indices(labels.contacts.shape)
-        out[labels.name] = contact_precisions(-np.abs(i - j).astype(float), labels.contacts)
-    return out
+    return {labels.name: separation_precisions(labels.contacts) for labels in read_structures(folder)}
 
 
 def interval(values: list[float], n: int = 2000) -> tuple[float, float, float]:

@@ -250,7 +250,7 @@ def test_a_head_fitted_on_bundled_structures_finds_contacts_in_held_out_chains()
 
 def test_fit_baselines_random_rate_and_separation_alone():
     """The numbers a fitted head is judged against, by hand on a 30-residue chain."""
-    from modalities.protein.contact_fit import random_rate, separation_precision
+    from modalities.protein.contact_metrics import random_rate, separation_precisions
 
     contacts = np.zeros((30, 30), dtype=np.int8)
     contacts[0, 29] = contacts[29, 0] = 1  # the one long-range contact, at the largest separation
@@ -258,10 +258,10 @@ def test_fit_baselines_random_rate_and_separation_alone():
     # long-range pairs (j - i >= 24): 6 + 5 + 4 + 3 + 2 + 1 = 21, one unknown -> 1 of 20
     assert random_rate(contacts) == pytest.approx(1 / 20)
     # separation alone ranks the closest long-range pairs first: L // 5 = 6 picks, none the contact
-    assert separation_precision(contacts) == 0.0
+    assert separation_precisions(contacts)["long_P@L5"] == 0.0
     contacts[0, 29] = contacts[29, 0] = 0
     contacts[0, 24] = contacts[24, 0] = 1
-    assert separation_precision(contacts) == pytest.approx(1 / 6)
+    assert separation_precisions(contacts)["long_P@L5"] == pytest.approx(1 / 6)
 
 
 def test_fit_says_when_the_attention_has_no_contact_signal():

@@ -18,11 +18,7 @@ long-range P@L/5 of the other fifth, the metric the head is for), and the report
 cross-validated precision beside two baselines on the same chains: the random rate (contacts among
 long-range pairs) and ranking by sequence separation alone. So a user learns at fitting time
 whether the model's attention carries contact signal, without a held-out set of their own.
-Measured on the bundled chains (fit/ -> held_out/, examples/contacts_fit.py, examples/README.md):
-the pretrain_small model (4.1M tokens) gives held-out long P@L/5 0.096 against a random rate of
-0.044; the same recipe with another seed, the `make demo` model and a 200-step one give 0.054,
-0.036 and 0.038, no clear signal, and the cross-validated number on the fit chains said so (0.073,
-0.041, 0.047 against 0.094).
+Measured numbers, per model: examples/README.md (examples/contacts_fit.py).
 """
 
 from __future__ import annotations
@@ -35,7 +31,7 @@ import torch
 from foundry.errors import DataError
 
 from .contact_head import ContactRegression, attention_features
-from .contact_metrics import contact_precisions
+from .contact_metrics import contact_precisions, finite_mean, random_rate, separation_precisions
 
 MIN_SEPARATION = 6
 # On standardised features (see fit_l1_logistic). Small: a few hundred thousand pairs leave little
@@ -47,7 +43,6 @@ DEFAULT_L1 = 0.001
 #: to "no map kept" at 0.01 for CPU-sized models, so the grid stays at the small end
 L1_GRID = (0.0001, 0.0003, 0.001, 0.003)
 CV_FOLDS = 5
-LONG = 24  # long-range pairs: j - i >= 24 (contact_metrics.RANGES)
 
 
 @dataclass
@@ -108,23 +103,6 @@ def chain_precision(chain: ChainPairs, scores: np.ndarray) -> float:
     pred = np.zeros(chain.contacts.shape)
     pred[chain.i, chain.j] = scores
     return contact_precisions(pred, chain.contacts)["long_P@L5"]
-
-
-def random_rate(contacts: np.ndarray, min_separation: int = LONG, max_separation: int | None = None) -> float:
-    """The precision of a random ranking: the fraction of contacts among known pairs with
-    ``min_separation`` <= j - i (< ``max_separation``); the default is the long range. NaN: no pairs."""
-    i, j = np.triu_indices(len(contacts), k=min_separation)
-    if max_separation is not None:
-        i, j = i[j - i < max_separation], j[j - i < max_separation]
-    known = contacts[i, j][contacts[i, j] >= 0]
-    return float((known == 1).mean()) if len(known) else float("nan")
-
-
-def separation_precision(contacts: np.ndarray) -> float:
-    """Long-range P@L/5 of ranking pairs by sequence separation alone (closest first): the baseline
-    any model-based head has to beat."""
-    i, j = np.indices(contacts.shape)
-    return contact_precisions(-np.abs(i - j).astype(np.float64), contacts)["long_P@L5"]
 
 
 def fit_l1_logistic(x: np.ndarray, y: np.ndarray, l1: float = DEFAULT_L1, steps: int = 500) -> tuple[np.ndarray, float, float]:
@@ -220,11 +198,10 @@ def fit_contact_head(pm, structures, l1: float | None = None, steps: int = 500,
     report = FitReport(len(chains), len(y), int(y.sum()), w.shape[0], int((w != 0).sum()), loss, notes,
                        l1=chosen, l1_chosen_by_cv=l1 is None and bool(finite),
                        cv_long_precision=finite.get(chosen), cv_by_l1=cv or None,
-                       random_long=_mean(random_rate(c.contacts) for c in chains),
-                       separation_long=_mean(separation_precision(c.contacts) for c in chains))
+                       random_long=_defined(finite_mean(random_rate(c.contacts) for c in chains)),
+                       separation_long=_defined(finite_mean(separation_precisions(c.contacts)["long_P@L5"] for c in chains)))
     return head.to(pm.device), report
 
 
-def _mean(values) -> float | None:
-    v = [x for x in values if x == x]
-    return float(np.mean(v)) if v else None
+def _defined(value: float) -> float | None:
+    return value if value == value else None  # the report says "n/a" for None

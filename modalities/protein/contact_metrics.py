@@ -70,6 +70,30 @@ def contact_precisions(predictions, targets, length: int | None = None,
     return result
 
 
+def random_rate(contacts, min_separation: int = RANGES["long"][0], max_separation: int | None = None) -> float:
+    """What a random ranking scores: the fraction of contacts among the known pairs with
+    ``min_separation`` <= j - i (< ``max_separation``); default the long range. NaN: no such pairs."""
+    contacts = np.asarray(contacts)
+    i, j = np.triu_indices(len(contacts), k=min_separation)
+    if max_separation is not None:
+        i, j = i[j - i < max_separation], j[j - i < max_separation]
+    known = contacts[i, j][contacts[i, j] >= 0]
+    return float((known == 1).mean()) if len(known) else float("nan")
+
+
+def separation_precisions(contacts) -> dict[str, float]:
+    """``contact_precisions`` of ranking pairs by sequence separation alone (closest first): the
+    baseline a model's contacts have to beat."""
+    i, j = np.indices(np.shape(contacts))
+    return contact_precisions(-np.abs(i - j).astype(np.float64), contacts)
+
+
+def finite_mean(values) -> float:
+    """Mean of the defined values (a chain too short for a range has NaN there); NaN if none."""
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def format_metrics(metrics: dict[str, float | None], keys=("short_P@L5", "medium_P@L5", "long_P@L5", "long_P@L2", "long_P@L")) -> str:
     """One line; an undefined value (None, NaN: fewer than n residues for P@L/n) reads "n/a".
 

@@ -294,8 +294,7 @@ def score_structure(item: ContactItem, probs: np.ndarray) -> dict:
     Beside each range's precisions, ``<range>_random``: the fraction of contacts among that range's
     scored pairs, what a random ranking scores on average (NaN: no pairs in the range), so a
     precision can be read against what it would be by chance."""
-    from .contact_fit import random_rate
-    from .contact_metrics import FRACTIONS, RANGES, contact_precisions
+    from .contact_metrics import FRACTIONS, RANGES, contact_precisions, random_rate
 
     row = {"name": item.name, "length": len(item.sequence)}
     observed = int(np.asarray(item.labels.mask).sum())

@@ -13,7 +13,6 @@ one ``protein contacts`` reports.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -168,15 +167,11 @@ class Contact(Task):
         # ESM's convention: L counts residues with labels, not special tokens; missing pairs count as wrong.
         # Beside it, what a random ranking scores (the share of contacts among the long-range pairs),
         # so a precision can be judged: 0.10 is good on long chains and chance on short ones.
-        from .contact_fit import random_rate
-        from .contact_metrics import contact_precisions
+        from .contact_metrics import RANGES, contact_precisions, finite_mean, random_rate
 
-        def mean(values):
-            finite = [v for v in values if not math.isnan(v)]
-            return float(np.mean(finite)) if finite else float("nan")
-
-        return {"p_at_l5_long": mean([contact_precisions(lg, t, ranges={"long": (24, None)})["long_P@L5"] for lg, t in zip(logits, targets)]),
-                "random_long": mean([random_rate(np.asarray(t)) for t in targets])}
+        long = {"long": RANGES["long"]}
+        return {"p_at_l5_long": finite_mean(contact_precisions(lg, t, ranges=long)["long_P@L5"] for lg, t in zip(logits, targets)),
+                "random_long": finite_mean(random_rate(t) for t in targets)}
 
     def describe(self, logits, info):
         n = logits.shape[0]

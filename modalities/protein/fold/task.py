@@ -174,6 +174,7 @@ class Fold(Task):
         return sum(weights[k] * terms[k] for k in weights if k in terms)
 
     def metrics(self, logits, targets, info):
+        from ..contact_metrics import finite_mean
         from .metrics import contact_labels, contact_precision, fold_metrics
 
         rows = []
@@ -191,7 +192,7 @@ class Fold(Task):
             contacts = contact_precision(pred[:, 4], contact_labels(true[:, 4], present[:, 4]))
             row.update({k: contacts.get(k, float("nan")) for k in CONTACT_KEYS})
             rows.append(row)
-        return {k: _nanmean([r[k] for r in rows]) for k in rows[0]} if rows else {}
+        return {k: finite_mean(r[k] for r in rows) for k in rows[0]} if rows else {}
 
     def describe(self, logits, info):
         from .losses import plddt_from_logits
@@ -200,8 +201,3 @@ class Fold(Task):
         per_residue = np.nan_to_num(np.asarray(logits, np.float64)[..., 64:]).sum(1)
         plddt = plddt_from_logits(torch.from_numpy(per_residue[:, 15:65])).numpy()
         return {"mean_plddt": round(float(plddt.mean()), 2) if len(plddt) else float("nan")}
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
