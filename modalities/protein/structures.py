@@ -66,14 +66,6 @@ CHAIN_ATOMS = ("N", "CA", "C", "O", "CB")
 _WATER = {"HOH", "WAT", "DOD", "H2O"}
 
 
-def _chain_name(path: str, chain: str) -> str:
-    """A label for outputs: file stem + chain, e.g. ``1a8o_A``."""
-    stem = Path(path).name
-    for suffix in (".gz", *STRUCTURE_SUFFIXES):
-        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
-    return f"{stem}_{chain}"
-
-
 @dataclass
 class ChainAtoms:
     """One chain of a structure file: its sequence and each position's atoms (``read_chain_atoms``)."""
@@ -90,7 +82,11 @@ class ChainAtoms:
 
     @property
     def name(self) -> str:
-        return _chain_name(self.path, self.chain)
+        """A label for outputs: file stem + chain, e.g. ``1a8o_A``."""
+        stem = Path(self.path).name
+        for suffix in (".gz", *STRUCTURE_SUFFIXES):
+            stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
+        return f"{stem}_{self.chain}"
 
     def __len__(self) -> int:
         return len(self.sequence)

@@ -8,15 +8,15 @@
 The conventions are those of ``modalities.protein.structures``: its public ``read_chain_atoms``
 reads the chains, the reading its contact labels come from, so the two never disagree. First
 model, highest-occupancy alternate location, modified residues mapped to their parent (MSE -> M),
-SEQRES placement with insertion codes, residues without coordinates masked (never shifted). Here a file contributes every chain that holds amino acids
-(``chain=`` picks one). The CB channel holds the distogram's atom: Cβ, Cα for glycine, an ideal
+SEQRES placement with insertion codes, residues without coordinates masked (never shifted). Here a
+file contributes every chain that holds amino acids (``chain=`` picks one). The CB channel holds the distogram's atom: Cβ, Cα for glycine, an ideal
 Cβ where the side chain is truncated. An atom counts only if it is there: a residue missing N, Cα
 or C has no frame (masked in FAPE), one missing Cα is masked in lDDT / RMSD.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +25,14 @@ import torch
 from foundry.errors import DataError
 
 from ..structures import CHAIN_ATOMS as ATOM_NAMES  # N, CA, C, O, CB (Cα for glycine)
+from ..structures import ChainAtoms
+
 TARGET_WIDTH = 3 * len(ATOM_NAMES) + len(ATOM_NAMES)
 
 
 @dataclass
-class Chain:
-    path: str
-    chain: str
-    sequence: str
-    atoms: np.ndarray  # (L, 5, 3) float32, NaN where absent
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        stem = Path(self.path).name
-        for suffix in (".gz", ".pdb", ".ent", ".cif", ".mmcif"):
-            stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
-        return f"{stem}_{self.chain}"
+class Chain(ChainAtoms):
+    """A chain as ``structures.read_chain_atoms`` reads it, as the fold task trains on it."""
 
     @property
     def where(self) -> str:
@@ -71,7 +62,7 @@ def read_file_chains(path: Path, chain: str | None = None) -> list[Chain]:
     """Every protein chain (or ``chain``) of one structure file; an ideal Cβ where the side chain is truncated."""
     from ..structures import read_chain_atoms
 
-    return [Chain(c.path, c.chain, c.sequence, c.atoms, c.notes) for c in read_chain_atoms(path, chain, virtual_cb=True)]
+    return [Chain(**{f.name: getattr(c, f.name) for f in fields(ChainAtoms)}) for c in read_chain_atoms(path, chain, virtual_cb=True)]
 
 
 def random_crop(tokens: torch.Tensor, targets: torch.Tensor, size: int, special_ids, pad_id: int, ignore: float):
