@@ -133,8 +133,9 @@ class Fold(Task):
 
     # -- loss and metrics -------------------------------------------------------------------------
 
-    def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The loss terms of a batch: logits (B, T, W, 129) (W >= T), targets (B, T, 20)."""
+    def losses(self, logits: torch.Tensor, targets: torch.Tensor, violations: bool = True) -> dict[str, torch.Tensor]:
+        """The loss terms of a batch: logits (B, T, W, 129) (W >= T), targets (B, T, 20);
+        ``violations`` False leaves out the violation term (pairwise over backbone atoms)."""
         from .geometry import frames_from_backbone
         from .losses import backbone_fape, distogram_loss, plddt_loss
         from .violations import violation_loss
@@ -164,11 +165,13 @@ class Fold(Task):
             terms["fape"] = fapes[-1][0]
             terms["fape_blocks"] = torch.stack([trained for _, trained in fapes]).mean()
             terms["plddt"] = plddt_loss(plddt_logits, atoms[:, :, 1], true[:, :, 1], present[..., 1])
-            terms["violation"] = violation_loss(atoms, targets[..., 15] != IGNORE)  # every residue of the chain, observed or not
+            if violations:  # every residue of the chain, observed or not
+                terms["violation"] = violation_loss(atoms, targets[..., 15] != IGNORE)
         return terms
 
     def loss(self, logits, targets, info):
-        terms = self.losses(logits, targets)
+        # the clash term compares every pair of backbone atoms: a training step skips it at weight 0
+        terms = self.losses(logits, targets, violations=self.values["violation_weight"] > 0)
         weights = {"fape_blocks": self.values["fape_weight"], "distogram": self.values["distogram_weight"],
                    "plddt": self.values["plddt_weight"], "violation": self.values["violation_weight"]}
         return sum(weights[k] * terms[k] for k in weights if k in terms)
