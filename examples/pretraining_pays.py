@@ -119,10 +119,10 @@ def main(argv=None) -> int:
         return 2
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    pretrained = args.pretrained or pretrain(args.out / "pretrain")
-    if args.name == "scratch":
+    if args.name == "scratch":  # before a pretraining of 25 minutes, not after
         print("error: --name: 'scratch' is the baseline's label; choose another", file=sys.stderr)
         return 2
+    pretrained = args.pretrained or pretrain(args.out / "pretrain")
     models = {"scratch": same_architecture(pretrained), args.name: ["--from", str(pretrained)]}
     # Earlier invocations' runs stay in results.json (other seeds, tasks or --name in the same OUT).
     path = args.out / "results.json"
